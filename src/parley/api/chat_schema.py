@@ -1,0 +1,125 @@
+"""The bodies and events of `/api/chat`, Parley's own API for front ends."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley.chat.run import Run
+from parley.events import Usage
+from parley.models.base import ToolCall
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, description="The user's message.")
+    conversation_id: str | None = Field(default=None, max_length=128, description="Continue this conversation.")
+    model: str | None = Field(default=None, description="A model name from `/v1/models`; default: the first.")
+    agent: str | None = Field(default=None, description="A configured agent, with its own system prompt.")
+    stream: bool = Field(default=True, description="Stream SSE events (true) or reply once with JSON.")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage | None) -> UsageOut | None:
+        if usage is None:
+            return None
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
+
+
+class TimingOut(BaseModel):
+    time_to_first_token_ms: float | None
+    total_ms: float
+    tokens_per_second: float | None
+
+
+class MessageStart(BaseModel):
+    """`event: message_start` — first on every stream."""
+
+    run_id: str
+    message_id: str
+    conversation_id: str
+    model: str
+    agent: str | None
+    created: int
+
+
+class TextDeltaOut(BaseModel):
+    """`event: text_delta` — the next piece of the answer."""
+
+    text: str
+
+
+class ReasoningDeltaOut(BaseModel):
+    """`event: reasoning_delta` — the next piece of the model's reasoning, for models that reason."""
+
+    text: str
+
+
+class ToolCallOut(BaseModel):
+    """`event: tool_call` — one whole tool call the model asked for, sent once it is complete."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class MessageComplete(BaseModel):
+    """`event: message_complete` — last on a stream that succeeded or was cut by a limit."""
+
+    message_id: str
+    finish_reason: str
+    usage: UsageOut | None
+    timing: TimingOut
+
+
+class ErrorOut(BaseModel):
+    """`event: error` — last on a stream that failed after it started."""
+
+    message: str
+    type: str
+    code: str | None
+
+
+class ChatReply(BaseModel):
+    """The JSON reply when `stream` is false."""
+
+    run_id: str
+    message_id: str
+    conversation_id: str
+    model: str
+    agent: str | None
+    content: str
+    reasoning: str | None
+    tool_calls: list[ToolCallOut]
+    finish_reason: str
+    usage: UsageOut | None
+    timing: TimingOut
+
+
+StreamEventName = Literal["message_start", "text_delta", "reasoning_delta", "tool_call", "message_complete", "error"]
+
+
+def tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:
+    return [ToolCallOut(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in calls]
+
+
+def timing_out(run: Run) -> TimingOut:
+    timing = run.timing()
+    return TimingOut(
+        time_to_first_token_ms=timing.time_to_first_token_ms,
+        total_ms=timing.total_ms,
+        tokens_per_second=timing.tokens_per_second,
+    )

@@ -1,0 +1,55 @@
+"""Every error leaves as an OpenAI-shaped body: `{"error": {message, type, param, code}}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from parley.errors import InternalError, InvalidRequest, ParleyError
+
+log = logging.getLogger("parley.errors")
+
+
+def _response(error: ParleyError, status: int | None = None) -> JSONResponse:
+    return JSONResponse(error.to_body(), status_code=status or error.status_code)
+
+
+async def _parley_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ParleyError)
+    return _response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"] if part != "body"]
+    if first["type"] == "json_invalid":
+        return _response(InvalidRequest(f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"))
+    param = ".".join(location) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    extra = len(exc.errors()) - 1
+    if extra:
+        message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
+    return _response(InvalidRequest(message, param=param, code=first["type"]))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    error = InvalidRequest(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    return _response(error, exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _response(InternalError("internal error; see the server log for details"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ParleyError, _parley_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

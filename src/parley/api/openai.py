@@ -1,0 +1,52 @@
+"""`/v1`: the OpenAI API, as the official clients use it. Stateless, like OpenAI's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from parley.api.deps import ChatServiceDep, RegistryDep, SettingsDep
+from parley.api.openai_wire import ChatCompletionBody, ChunkEncoder, completion
+from parley.api.streaming import close_run, collect_unless_disconnected, sse_events, sse_response
+from parley.models.registry import ModelState
+
+router = APIRouter(prefix="/v1", tags=["OpenAI API"])
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionBody, request: Request, chat: ChatServiceDep, settings: SettingsDep
+) -> Response:
+    run = chat.start(body.to_request(), model=body.model)
+    if not body.stream:
+        await collect_unless_disconnected(run, request)
+        return JSONResponse(completion(run))
+    try:
+        await run.wait_for_head(settings.stream_head_wait_seconds)
+    except BaseException:
+        await close_run(run)
+        raise
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    encoder = ChunkEncoder(run, include_usage)
+    return sse_response(request, sse_events(run, encoder.encode, encoder.opening(), encoder.closing, encoder.error))
+
+
+@router.get("/models")
+async def list_models(registry: RegistryDep) -> dict[str, Any]:
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": entry.config.name,
+                "object": "model",
+                "created": created,
+                "owned_by": f"parley:{entry.model.provider}",
+                "ready": entry.state is ModelState.READY,
+            }
+            for entry in registry.entries()
+        ],
+    }

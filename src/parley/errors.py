@@ -1,0 +1,85 @@
+"""Domain errors and their one mapping to HTTP responses and stream error events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ParleyError(Exception):
+    """An error a client should see, with the HTTP status and OpenAI error type it maps to."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(ParleyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(ParleyError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ParleyError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class ModelNotReady(ParleyError):
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_ready"
+
+
+class UpstreamError(ParleyError):
+    """The model's server failed, answered nonsense, or could not be reached."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class RateLimited(ParleyError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class InternalError(ParleyError):
+    status_code = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+
+def as_parley_error(exc: BaseException) -> ParleyError:
+    """Every failure leaves Parley as a ParleyError; unexpected ones say no more than needed."""
+    if isinstance(exc, ParleyError):
+        return exc
+    return InternalError(f"internal error: {type(exc).__name__}")

@@ -1,0 +1,106 @@
+"""The one interface every model provider implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from parley.events import StreamEvent
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation, in the OpenAI chat shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _has_what_its_role_needs(self) -> ChatMessage:
+        if self.role == "assistant":
+            if self.content is None and not self.tool_calls:
+                raise ValueError("an assistant message needs content or tool_calls")
+        elif self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        return self
+
+    def text(self) -> str:
+        """The message's text, with the text parts of multi-part content joined."""
+        if isinstance(self.content, str):
+            return self.content
+        if self.content is None:
+            return ""
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+    def to_openai(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+@dataclass(slots=True)
+class GenerationParams:
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    messages: list[ChatMessage]
+    params: GenerationParams = field(default_factory=GenerationParams)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class Model(ABC):
+    """A chat model. `stream()` yields typed events and stops its generation when closed."""
+
+    provider: ClassVar[str]
+    supports_tools: ClassVar[bool] = False
+
+    def __init__(self, name: str, context_size: int | None) -> None:
+        self.name = name
+        self.context_size = context_size
+
+    async def load(self) -> None:
+        """Get ready to serve (load weights, open connections). Called once, off the request path."""
+
+    async def aclose(self) -> None:
+        """Release what `load` took."""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Generate a reply. Closing the iterator early must stop the generation."""

@@ -1,0 +1,59 @@
+"""A scripted or echoing model: for tests, demos and trying Parley without weights."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+from parley.config import FakeConfig
+from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
+from parley.models.base import ChatRequest, Model
+
+
+def _chunks(text: str, size: int) -> Iterator[str]:
+    for start in range(0, len(text), size):
+        yield text[start : start + size]
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, the usual rule of thumb for English text."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+class FakeModel(Model):
+    provider = "fake"
+
+    def __init__(self, config: FakeConfig) -> None:
+        super().__init__(config.name, config.context_size)
+        self._config = config
+        self._replies = itertools.cycle(config.replies) if config.replies else None
+
+    def _reply_to(self, request: ChatRequest) -> str:
+        if self._replies is not None:
+            return next(self._replies)
+        users = [m for m in request.messages if m.role == "user"]
+        return users[-1].text() if users else ""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        reply = self._reply_to(request)
+        finish: Finish = Finish("stop")
+        limit = request.params.max_tokens
+        if limit is not None and estimate_tokens(reply) > limit:
+            reply, finish = reply[: limit * 4], Finish("length")
+        for stop in request.params.stop:
+            if stop and stop in reply:
+                reply = reply[: reply.index(stop)]
+        delay = self._config.delay_ms / 1000
+        if self._config.reasoning:
+            for piece in _chunks(self._config.reasoning, self._config.chunk_chars):
+                yield ReasoningDelta(piece)
+                if delay:
+                    await asyncio.sleep(delay)
+        for piece in _chunks(reply, self._config.chunk_chars):
+            yield TextDelta(piece)
+            if delay:
+                await asyncio.sleep(delay)
+        prompt = "".join(m.text() for m in request.messages)
+        yield Usage(estimate_tokens(prompt), estimate_tokens(reply))
+        yield finish
