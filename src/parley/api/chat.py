@@ -103,7 +103,9 @@ def _usage(run: Run) -> UsageOut | None:
 
 
 @router.post("/chat", response_model=ChatReply, responses=_STREAM_DOC)
-async def chat(body: ChatBody, request: Request, chat: ChatServiceDep, settings: SettingsDep) -> Response | ChatReply:
+async def chat(
+    body: ChatBody, request: Request, chat: ChatServiceDep, settings: SettingsDep
+) -> Response | ChatReply:
     chat_request = ChatRequest(
         messages=[ChatMessage(role="user", content=body.message)],
         params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
@@ -134,4 +136,6 @@ async def chat(body: ChatBody, request: Request, chat: ChatServiceDep, settings:
         await close_run(run)
         raise
     events = _Events(run, start)
-    return sse_response(request, sse_events(run, events.encode, events.opening(), events.closing, events.error))
+    return sse_response(
+        request, sse_events(run, events.encode, events.opening(), events.closing, events.error)
+    )

@@ -87,7 +87,10 @@ def _finish_reason(run: Run) -> str:
 
 def completion(run: Run) -> dict[str, Any]:
     """The whole reply of a non-streamed request."""
-    message: dict[str, Any] = {"role": "assistant", "content": run.text if run.text or not run.tool_calls else None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": run.text if run.text or not run.tool_calls else None,
+    }
     if run.reasoning is not None:
         message["reasoning_content"] = run.reasoning
     if run.tool_calls:
@@ -123,7 +126,11 @@ class ChunkEncoder:
         self._usage: Usage | None = None
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        suffix = self._open_suffix if finish is None else f',"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n'.encode()
+        suffix = (
+            self._open_suffix
+            if finish is None
+            else f',"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n'.encode()
+        )
         return b"data: " + self._prefix + json.dumps(delta).encode() + suffix
 
     def opening(self) -> Iterator[bytes]:
@@ -131,7 +138,14 @@ class ChunkEncoder:
 
     def encode(self, event: StreamEvent) -> Iterator[bytes]:
         if isinstance(event, TextDelta):
-            yield b"data: " + self._prefix + b'{"content":' + json.dumps(event.text).encode() + b"}" + self._open_suffix
+            yield (
+                b"data: "
+                + self._prefix
+                + b'{"content":'
+                + json.dumps(event.text).encode()
+                + b"}"
+                + self._open_suffix
+            )
         elif isinstance(event, ReasoningDelta):
             yield self._chunk({"reasoning_content": event.text})
         elif isinstance(event, ToolCallDelta):

@@ -38,8 +38,8 @@ async def sse_events(
     Leaving early (the client went away) closes the run, which stops the generation.
     """
     try:
-        for event in opening:
-            yield event
+        for message in opening:
+            yield message
         async for event in run:
             for message in encode(event):
                 yield message

@@ -95,10 +95,10 @@ class Model(ABC):
         self.name = name
         self.context_size = context_size
 
-    async def load(self) -> None:
+    async def load(self) -> None:  # noqa: B027 - most providers have nothing to load
         """Get ready to serve (load weights, open connections). Called once, off the request path."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027
         """Release what `load` took."""
 
     @abstractmethod

@@ -65,11 +65,13 @@ class LlamaCppModel(Model):
             n_batch=self._config.batch_size,
             verbose=False,
         )
-        vocab = llama._model  # noqa: SLF001 - the public API exposes token ids, not their text
+        vocab = llama._model
         self._eos_token = vocab.token_get_text(llama.token_eos())
         bos_token = vocab.token_get_text(llama.token_bos())
         template = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
-        self._formatter = Jinja2ChatFormatter(template=template, eos_token=self._eos_token, bos_token=bos_token)
+        self._formatter = Jinja2ChatFormatter(
+            template=template, eos_token=self._eos_token, bos_token=bos_token
+        )
         self._llama = llama
 
     async def aclose(self) -> None:

@@ -51,5 +51,4 @@ class SSEDecoder:
 
     def finish(self) -> list[str]:
         """Events left when the stream ends without a final blank line."""
-        events = self.feed(b"\n\n") if self._buffer or self._data else []
-        return events
+        return self.feed(b"\n\n") if self._buffer or self._data else []

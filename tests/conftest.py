@@ -1,0 +1,21 @@
+"""Test-wide rules. With PARLEY_REQUIRE_SERVICES=1 (CI sets it) a skipped test is a failure:
+a test that needs a service or the local model must run, not quietly step aside."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped while PARLEY_REQUIRE_SERVICES=1: {reason}"
+    return None
