@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs everything Parley needs from the project's own files: uv (pinned), then the locked
+# environment. llama-cpp-python builds from source; pyproject.toml sets its portable CMake flags.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UV_VERSION=0.13.9
+if ! command -v uv >/dev/null 2>&1; then
+    python3 -m pip install --quiet "uv==${UV_VERSION}"
+fi
+uv sync --frozen --python 3.11

@@ -1,0 +1,176 @@
+"""The `parley` command: serve, chat with a running server, list its models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from httpx_sse import connect_sse
+from rich.console import Console
+from rich.table import Table
+
+from parley.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Parley: a streaming chat backend for LLM applications.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="PARLEY_CONFIG", help="A parley.toml file.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+) -> None:
+    """Start the server. With no config, it serves the bundled SmolLM2 model."""
+    import uvicorn
+
+    from parley.app import create_app
+
+    try:
+        settings: Settings = load_settings(config, host=host, port=port)
+    except ConfigError as exc:
+        errors.print(f"[red]Invalid configuration:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    _configure_logging(settings.log_level)
+    models = ", ".join(f"{m.name} ({m.provider})" for m in settings.models)
+    errors.print(f"Parley on http://{settings.host}:{settings.port} — models: {models}", highlight=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # Parley logs one line per request itself, with its request id
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def models(url: UrlOption = DEFAULT_URL) -> None:
+    """List the models of a running server."""
+    reply = _request("GET", f"{url}/v1/models")
+    table = Table("model", "provider", "ready")
+    for model in reply["data"]:
+        table.add_row(
+            model["id"], model["owned_by"].removeprefix("parley:"), "yes" if model["ready"] else "no"
+        )
+    console.print(table)
+
+
+@app.command()
+def chat(
+    url: UrlOption = DEFAULT_URL,
+    model: Annotated[str | None, typer.Option(help="Model name (default: the server's first).")] = None,
+    agent: Annotated[str | None, typer.Option(help="A configured agent.")] = None,
+    conversation: Annotated[str | None, typer.Option(help="Continue this conversation id.")] = None,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="Send one message and exit, instead of a session.")
+    ] = None,
+) -> None:
+    """Chat in the terminal with a running server; replies stream as they are written."""
+    session = _ChatSession(url, model, agent, conversation)
+    if message is not None:
+        session.send(message)
+        return
+    errors.print("Type a message; Ctrl-D or /quit to leave.", style="dim")
+    while True:
+        try:
+            text = console.input("[bold cyan]you> [/bold cyan]")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        if text.strip() in ("/quit", "/exit"):
+            return
+        if text.strip():
+            session.send(text)
+
+
+class _ChatSession:
+    def __init__(self, url: str, model: str | None, agent: str | None, conversation: str | None) -> None:
+        self._url = url
+        self._model = model
+        self._agent = agent
+        self.conversation = conversation
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+
+    def send(self, text: str) -> None:
+        body = {
+            "message": text,
+            "model": self._model,
+            "agent": self._agent,
+            "conversation_id": self.conversation,
+        }
+        body = {key: value for key, value in body.items() if value is not None}
+        try:
+            with connect_sse(self._client, "POST", f"{self._url}/api/chat", json=body) as source:
+                if source.response.status_code != 200:
+                    source.response.read()
+                    _fail(_error_message(source.response))
+                for event in source.iter_sse():
+                    self._show(event.event, json.loads(event.data))
+        except httpx.TransportError as exc:
+            _fail(f"cannot reach {self._url}: {exc}")
+        except KeyboardInterrupt:
+            console.print("\n[dim](stopped)[/dim]")
+
+    def _show(self, name: str, data: dict[str, Any]) -> None:
+        if name == "message_start":
+            self.conversation = data["conversation_id"]
+            console.print(f"[bold green]{data['model']}> [/bold green]", end="")
+        elif name == "reasoning_delta":
+            console.print(data["text"], end="", style="dim italic", highlight=False)
+        elif name == "text_delta":
+            console.print(data["text"], end="", highlight=False, markup=False)
+        elif name == "tool_call":
+            console.print(
+                f"\n[yellow]tool call[/yellow] {data['name']}({data['arguments']})", highlight=False
+            )
+        elif name == "message_complete":
+            usage = data.get("usage") or {}
+            rate = data["timing"].get("tokens_per_second")
+            detail = f"{usage.get('completion_tokens', '?')} tokens" + (f", {rate:.0f} tok/s" if rate else "")
+            console.print(f"\n[dim]({data['finish_reason']}, {detail})[/dim]")
+        elif name == "error":
+            console.print(f"\n[red]error:[/red] {data['message']}", highlight=False)
+
+
+def _request(method: str, url: str) -> dict[str, Any]:
+    try:
+        reply = httpx.request(method, url, timeout=10)
+    except httpx.TransportError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+    if reply.status_code != 200:
+        _fail(_error_message(reply))
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+def _error_message(reply: httpx.Response) -> str:
+    try:
+        return str(reply.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {reply.status_code}: {reply.text[:200]}"
+
+
+def _fail(message: str) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
