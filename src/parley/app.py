@@ -5,16 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from parley.api import chat, health, openai
+from parley.api.chat_schema import stream_event_schemas
 from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
 from parley.chat.service import ChatService
 from parley.config import Settings
 from parley.models.registry import ModelRegistry
+
+
+def _document_stream_events(app: FastAPI) -> None:
+    """Put the SSE event payloads in the OpenAPI components, where `/api/chat` refers to them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(stream_event_schemas())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -44,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(health.router)
     install_error_handlers(app)
+    _document_stream_events(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -17,7 +17,7 @@ from parley.config import Settings, load_settings
 
 @contextlib.contextmanager
 def running_parley(
-    settings: Settings | None = None, *, ready_timeout: float = 60.0, **overrides: Any
+    settings: Settings | None = None, *, ready_timeout: float = 60.0, wait: bool = True, **overrides: Any
 ) -> Iterator[str]:
     """Yield the base URL of a Parley server built from `settings` (or from `overrides`)."""
     settings = settings or load_settings(**overrides)
@@ -35,7 +35,8 @@ def running_parley(
     port = server.servers[0].sockets[0].getsockname()[1]
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base_url, ready_timeout)
+        if wait:
+            wait_ready(base_url, ready_timeout)
         yield base_url
     finally:
         server.should_exit = True

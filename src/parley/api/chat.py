@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sse_starlette import ServerSentEvent
 
 from parley.api.chat_schema import (
+    STREAM_EVENT_MODELS,
     ChatBody,
     ChatReply,
     ErrorOut,
@@ -45,15 +46,7 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
             "text/event-stream": {
                 "schema": {
                     "oneOf": [
-                        {"$ref": f"#/components/schemas/{name}"}
-                        for name in (
-                            "MessageStart",
-                            "TextDeltaOut",
-                            "ReasoningDeltaOut",
-                            "ToolCallOut",
-                            "MessageComplete",
-                            "ErrorOut",
-                        )
+                        {"$ref": f"#/components/schemas/{model.__name__}"} for model in STREAM_EVENT_MODELS
                     ]
                 }
             },

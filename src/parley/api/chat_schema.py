@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -109,6 +109,26 @@ class ChatReply(BaseModel):
     finish_reason: str
     usage: UsageOut | None
     timing: TimingOut
+
+
+STREAM_EVENT_MODELS: tuple[type[BaseModel], ...] = (
+    MessageStart,
+    TextDeltaOut,
+    ReasoningDeltaOut,
+    ToolCallOut,
+    MessageComplete,
+    ErrorOut,
+)
+
+
+def stream_event_schemas() -> dict[str, Any]:
+    """JSON schemas of the SSE event payloads, for the OpenAPI document's components."""
+    schemas: dict[str, Any] = {}
+    for model in STREAM_EVENT_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
 
 
 StreamEventName = Literal[

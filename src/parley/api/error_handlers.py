@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,10 @@ from starlette.exceptions import HTTPException
 from parley.errors import InternalError, InvalidRequest, ParleyError
 
 log = logging.getLogger("parley.errors")
+
+# Pydantic names the member of a union that failed (`str`, `list[ContentPart]`) in an
+# error's location; a client wants the field's path only.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|null)$|\[")
 
 
 def _response(error: ParleyError, status: int | None = None) -> JSONResponse:
@@ -26,7 +31,7 @@ async def _parley_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
-    location = [str(part) for part in first["loc"] if part != "body"]
+    location = [str(part) for part in first["loc"] if part != "body" and not _UNION_TAG.search(str(part))]
     if first["type"] == "json_invalid":
         return _response(
             InvalidRequest(f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")

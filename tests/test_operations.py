@@ -1,0 +1,62 @@
+"""Health, readiness, request ids and CORS, as an operator and a browser see them."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.server import running_parley
+
+USER = {"role": "user", "content": "hi"}
+
+
+def test_health_ready_and_request_ids() -> None:
+    with running_parley(models=[{"name": "echo", "provider": "fake"}]) as url:
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+        ready = httpx.get(f"{url}/ready")
+        assert ready.status_code == 200
+        assert ready.json()["models"] == {"echo": {"state": "ready", "error": None}}
+
+        mine = httpx.get(f"{url}/health", headers={"x-request-id": "trace-123"})
+        assert mine.headers["x-request-id"] == "trace-123"
+        first, second = httpx.get(f"{url}/health"), httpx.get(f"{url}/health")
+        assert len(first.headers["x-request-id"]) == 32
+        assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_a_model_that_fails_to_load_makes_ready_say_why() -> None:
+    models = [
+        {"name": "echo", "provider": "fake"},
+        {"name": "broken", "provider": "llamacpp", "path": "/nonexistent/model.gguf"},
+    ]
+    with running_parley(models=models, wait=False) as url:
+        ready = httpx.get(f"{url}/ready")
+        while ready.json()["models"]["broken"]["state"] == "loading":
+            ready = httpx.get(f"{url}/ready")
+        assert ready.status_code == 503
+        assert "broken" in ready.json()["reason"] and "/nonexistent/model.gguf" in ready.json()["reason"]
+
+        refused = httpx.post(f"{url}/v1/chat/completions", json={"model": "broken", "messages": [USER]})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "model_not_ready"
+        served = httpx.post(f"{url}/v1/chat/completions", json={"model": "echo", "messages": [USER]})
+        assert served.json()["choices"][0]["message"]["content"] == "hi"
+
+
+def test_cors_follows_the_config() -> None:
+    with running_parley(
+        models=[{"name": "echo", "provider": "fake"}], cors_origins=["https://app.example"]
+    ) as url:
+        allowed = httpx.options(
+            f"{url}/v1/chat/completions",
+            headers={"origin": "https://app.example", "access-control-request-method": "POST"},
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        denied = httpx.options(
+            f"{url}/v1/chat/completions",
+            headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        )
+        assert "access-control-allow-origin" not in denied.headers
+        simple = httpx.get(f"{url}/v1/models", headers={"origin": "https://app.example"})
+        assert simple.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-request-id" in simple.headers["access-control-expose-headers"]
