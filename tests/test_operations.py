@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
 
 from tests.support.server import running_parley
 
@@ -60,3 +63,15 @@ def test_cors_follows_the_config() -> None:
         simple = httpx.get(f"{url}/v1/models", headers={"origin": "https://app.example"})
         assert simple.headers["access-control-allow-origin"] == "https://app.example"
         assert "x-request-id" in simple.headers["access-control-expose-headers"]
+
+
+def test_one_log_line_per_request_with_its_id(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="parley.access")
+    with running_parley(models=[{"name": "echo", "provider": "fake"}]) as url:
+        caplog.clear()
+        httpx.post(f"{url}/api/chat", json={"message": "hi"}, headers={"x-request-id": "req-42"})
+        httpx.get(f"{url}/v1/models", headers={"x-request-id": "req-43"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "parley.access"]
+    assert len([line for line in lines if line.startswith("req-42 ")]) == 1
+    assert any(line.startswith("req-42 POST /api/chat 200 ") for line in lines)
+    assert any(line.startswith("req-43 GET /v1/models 200 ") for line in lines)
