@@ -96,6 +96,13 @@ def test_cli_lists_models_and_chats(server: str) -> None:
     assert "stop" in said.stdout
 
 
+def test_cli_chat_session_streams_each_turn(server: str) -> None:
+    said = run_parley("chat", "--url", server, "--model", "echo", stdin="first turn\n\nsecond turn\n/quit\n")
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.count("echo> ") == 2, "the empty line is not sent"
+    assert said.stdout.index("first turn") < said.stdout.index("second turn")
+
+
 def test_cli_chat_reports_errors_clearly(server: str) -> None:
     said = run_parley("chat", "--url", server, "--model", "nope", "-m", "hi")
     assert said.returncode == 1

@@ -22,12 +22,15 @@ def free_port() -> int:
         return port
 
 
-def run_parley(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_parley(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a short `parley` command to completion and capture what it printed."""
     return subprocess.run(
         [str(PARLEY), *args],
         capture_output=True,
         text=True,
+        input=stdin,
         timeout=timeout,
         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})},
         check=False,

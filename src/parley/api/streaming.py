@@ -61,6 +61,7 @@ def sse_response(request: Request, body: AsyncIterator[SSEMessage]) -> EventSour
 
 async def collect_unless_disconnected(run: Run, request: Request) -> None:
     """Run to the end for a non-streamed reply; cancel the run if the client goes away first."""
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
@@ -71,6 +72,10 @@ async def collect_unless_disconnected(run: Run, request: Request) -> None:
         group.start_soon(watch)
         try:
             await run.collect()
+        except Exception as exc:  # raised outside the group, which would wrap it in an ExceptionGroup
+            failure = exc
         finally:
             group.cancel_scope.cancel()
             await close_run(run)
+    if failure is not None:
+        raise failure
