@@ -103,24 +103,31 @@ class OpenAICompatModel(Model):
             async with self._session.post(self._url, data=self._body(request)) as response:
                 if response.status != 200:
                     raise _status_error(response.status, await response.read())
-                decoder = SSEDecoder()
                 state = _StreamState()
-                async for chunk in response.content.iter_any():
-                    for data in decoder.feed(chunk):
-                        for event in state.handle(data):
-                            yield event
-                    if state.done:
-                        break
-                if not state.done:
-                    for data in decoder.finish():
-                        for event in state.handle(data):
-                            yield event
+                if response.content_type == "application/json":
+                    # A server that ignores `stream` answers with the whole completion at once.
+                    for event in state.handle_completion(await response.read()):
+                        yield event
+                else:
+                    decoder = SSEDecoder()
+                    async for chunk in response.content.iter_any():
+                        for data in decoder.feed(chunk):
+                            for event in state.handle(data):
+                                yield event
+                        if state.done:
+                            break
+                    if not state.done:
+                        for data in decoder.finish():
+                            for event in state.handle(data):
+                                yield event
                 for event in state.close():
                     yield event
-        except TimeoutError as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(
-                f"upstream {self.name!r} sent nothing for {self._config.read_timeout:g} s"
+                f"upstream {self.name!r} did not accept a connection within {self._config.connect_timeout:g} s"
             ) from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream {self.name!r} sent nothing for {self._config.read_timeout:g} s") from exc
         except SSEDecodeError as exc:
             raise UpstreamError(f"upstream {self.name!r}: {exc}") from exc
         except aiohttp.ClientError as exc:
@@ -135,33 +142,44 @@ class _StreamState:
         self._finish: FinishReason | None = None
 
     def handle(self, data: str) -> Iterator[StreamEvent]:
+        """One SSE `data` payload: a chunk, an error, or `[DONE]`."""
         if data == "[DONE]":
             self.done = True
             return
-        try:
-            chunk = json.loads(data)
-        except ValueError as exc:
-            raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}") from exc
-        if not isinstance(chunk, dict):
-            raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}")
-        if "error" in chunk:
+        yield from self._chunk(_parse_object(data, "chunk"))
+
+    def handle_completion(self, body: bytes) -> Iterator[StreamEvent]:
+        """A whole `chat.completion`, read as one chunk whose delta is the message."""
+        completion = _parse_object(body.decode("utf-8", errors="replace"), "reply")
+        choices = completion.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            choice = {"delta": choices[0].get("message") or {}, "finish_reason": choices[0].get("finish_reason")}
+            completion = {**completion, "choices": [choice]}
+        yield from self._chunk(completion)
+        self.done = True
+
+    def _chunk(self, chunk: dict[str, Any]) -> Iterator[StreamEvent]:
+        if chunk.get("error"):
             raise UpstreamError(f"upstream failed mid-stream: {_error_message(chunk)}")
-        choices = chunk.get("choices") or []
-        if choices and isinstance(choices[0], dict):
-            yield from self._choice(choices[0])
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            yield Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        try:
+            choices = chunk.get("choices") or []
+            if choices and isinstance(choices[0], dict):
+                yield from self._choice(choices[0])
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                yield Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        except (AttributeError, TypeError, ValueError) as exc:  # valid JSON, but not a chunk's shape
+            raise UpstreamError(f"upstream sent a malformed chunk: {json.dumps(chunk)[:200]!r}") from exc
 
     def _choice(self, choice: dict[str, Any]) -> Iterator[StreamEvent]:
         delta = choice.get("delta") or {}
         # vLLM and Ollama name the field `reasoning`; DeepSeek and llama-server `reasoning_content`.
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning:
-            yield ReasoningDelta(reasoning)
+            yield ReasoningDelta(_text(reasoning))
         content = delta.get("content")
         if content:
-            yield TextDelta(content)
+            yield TextDelta(_text(content))
         for position, call in enumerate(delta.get("tool_calls") or []):
             function = call.get("function") or {}
             yield ToolCallDelta(
@@ -175,27 +193,71 @@ class _StreamState:
             self._finish = _FINISH_REASONS.get(reason, "stop")
 
     def close(self) -> Iterator[StreamEvent]:
-        if self._finish is None:
+        # Some servers send [DONE] without a finish_reason; without either, the reply was cut.
+        if self._finish is None and not self.done:
             raise UpstreamError("upstream stream ended before the reply was finished")
-        yield Finish(self._finish)
+        yield Finish(self._finish or "stop")
 
 
-def _error_message(payload: dict[str, Any]) -> str:
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"text expected, got {type(value).__name__}")
+    return value
+
+
+def _parse_object(data: str, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamError(f"upstream sent a malformed {what}: {data[:200]!r}") from exc
+    if not isinstance(parsed, dict):
+        raise UpstreamError(f"upstream sent a malformed {what}: {data[:200]!r}")
+    return parsed
+
+
+def _error_fields(payload: Any) -> dict[str, Any]:
+    """The error object of an upstream's error body, whatever its shape.
+
+    OpenAI, Ollama and llama-server nest it (`{"error": {...}}`); older vLLM sends it flat
+    (`{"object": "error", "message": ...}`); FastAPI-based servers send `{"detail": ...}`.
+    """
+    if not isinstance(payload, dict):
+        return {}
     error = payload.get("error")
     if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    if "message" in payload:
+        return payload
+    if "detail" in payload:
+        detail = payload["detail"]
+        return {"message": detail if isinstance(detail, str) else json.dumps(detail)}
+    return {}
+
+
+def _error_message(payload: Any) -> str:
+    message = _error_fields(payload).get("message")
+    return str(message) if message else json.dumps(payload)[:500]
 
 
 def _status_error(status: int, body: bytes) -> ParleyError:
     try:
         payload = json.loads(body)
-        message = _error_message(payload) if isinstance(payload, dict) else body.decode()
     except ValueError:
-        message = body.decode("utf-8", errors="replace")[:500]
-    message = f"upstream answered {status}: {message}"
+        payload = None
+    error = _error_fields(payload)
+    text = str(error.get("message") or "") or body.decode("utf-8", errors="replace").strip()[:500]
+    message = f"upstream answered {status}: {text or '(empty body)'}"
     if status in (400, 404, 422):
-        return InvalidRequest(message, code="upstream_rejected")
+        # The client's request was refused: keep the upstream's pointers to what was wrong
+        # (e.g. code "context_length_exceeded", param "messages") so clients can act on them.
+        param, code = error.get("param"), error.get("code")
+        return InvalidRequest(
+            message,
+            param=param if isinstance(param, str) else None,
+            code=code if isinstance(code, str) else "upstream_rejected",
+        )
     if status == 429:
         return RateLimited(message)
     if status in (408, 504):
