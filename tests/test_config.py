@@ -62,9 +62,7 @@ def test_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.agents[0].model == "local"
 
 
-def test_environment_beats_the_file_and_arguments_beat_both(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_beats_the_file_and_arguments_beat_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_PORT", "9100")
     monkeypatch.setenv("PARLEY_CORS_ORIGINS", '["https://other.example"]')
     config = write(tmp_path, FILE)

@@ -46,9 +46,7 @@ def test_a_model_that_fails_to_load_makes_ready_say_why() -> None:
 
 
 def test_cors_follows_the_config() -> None:
-    with running_parley(
-        models=[{"name": "echo", "provider": "fake"}], cors_origins=["https://app.example"]
-    ) as url:
+    with running_parley(models=[{"name": "echo", "provider": "fake"}], cors_origins=["https://app.example"]) as url:
         allowed = httpx.options(
             f"{url}/v1/chat/completions",
             headers={"origin": "https://app.example", "access-control-request-method": "POST"},

@@ -65,9 +65,7 @@ def models(url: UrlOption = DEFAULT_URL) -> None:
     reply = _request("GET", f"{url}/v1/models")
     table = Table("model", "provider", "ready")
     for model in reply["data"]:
-        table.add_row(
-            model["id"], model["owned_by"].removeprefix("parley:"), "yes" if model["ready"] else "no"
-        )
+        table.add_row(model["id"], model["owned_by"].removeprefix("parley:"), "yes" if model["ready"] else "no")
     console.print(table)
 
 
@@ -136,9 +134,7 @@ class _ChatSession:
         elif name == "text_delta":
             console.print(data["text"], end="", highlight=False, markup=False)
         elif name == "tool_call":
-            console.print(
-                f"\n[yellow]tool call[/yellow] {data['name']}({data['arguments']})", highlight=False
-            )
+            console.print(f"\n[yellow]tool call[/yellow] {data['name']}({data['arguments']})", highlight=False)
         elif name == "message_complete":
             usage = data.get("usage") or {}
             rate = data["timing"].get("tokens_per_second")

@@ -21,9 +21,7 @@ def running_parley(
 ) -> Iterator[str]:
     """Yield the base URL of a Parley server built from `settings` (or from `overrides`)."""
     settings = settings or load_settings(**overrides)
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="parley-test-server", daemon=True)
     thread.start()

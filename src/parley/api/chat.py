@@ -45,9 +45,7 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
             "application/json": {"schema": {"$ref": "#/components/schemas/ChatReply"}},
             "text/event-stream": {
                 "schema": {
-                    "oneOf": [
-                        {"$ref": f"#/components/schemas/{model.__name__}"} for model in STREAM_EVENT_MODELS
-                    ]
+                    "oneOf": [{"$ref": f"#/components/schemas/{model.__name__}"} for model in STREAM_EVENT_MODELS]
                 }
             },
         },
@@ -96,9 +94,7 @@ def _usage(run: Run) -> UsageOut | None:
 
 
 @router.post("/chat", response_model=ChatReply, responses=_STREAM_DOC)
-async def chat(
-    body: ChatBody, request: Request, chat: ChatServiceDep, settings: SettingsDep
-) -> Response | ChatReply:
+async def chat(body: ChatBody, request: Request, chat: ChatServiceDep, settings: SettingsDep) -> Response | ChatReply:
     chat_request = ChatRequest(
         messages=[ChatMessage(role="user", content=body.message)],
         params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
@@ -129,6 +125,4 @@ async def chat(
         await close_run(run)
         raise
     events = _Events(run, start)
-    return sse_response(
-        request, sse_events(run, events.encode, events.opening(), events.closing, events.error)
-    )
+    return sse_response(request, sse_events(run, events.encode, events.opening(), events.closing, events.error))

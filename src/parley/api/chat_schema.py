@@ -15,9 +15,7 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(min_length=1, description="The user's message.")
-    conversation_id: str | None = Field(
-        default=None, max_length=128, description="Continue this conversation."
-    )
+    conversation_id: str | None = Field(default=None, max_length=128, description="Continue this conversation.")
     model: str | None = Field(default=None, description="A model name from `/v1/models`; default: the first.")
     agent: str | None = Field(default=None, description="A configured agent, with its own system prompt.")
     stream: bool = Field(default=True, description="Stream SSE events (true) or reply once with JSON.")
@@ -131,9 +129,7 @@ def stream_event_schemas() -> dict[str, Any]:
     return schemas
 
 
-StreamEventName = Literal[
-    "message_start", "text_delta", "reasoning_delta", "tool_call", "message_complete", "error"
-]
+StreamEventName = Literal["message_start", "text_delta", "reasoning_delta", "tool_call", "message_complete", "error"]
 
 
 def tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:

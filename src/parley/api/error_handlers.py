@@ -33,9 +33,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"] if part != "body" and not _UNION_TAG.search(str(part))]
     if first["type"] == "json_invalid":
-        return _response(
-            InvalidRequest(f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
-        )
+        return _response(InvalidRequest(f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"))
     param = ".".join(location) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     extra = len(exc.errors()) - 1

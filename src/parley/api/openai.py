@@ -31,9 +31,7 @@ async def chat_completions(
         raise
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     encoder = ChunkEncoder(run, include_usage)
-    return sse_response(
-        request, sse_events(run, encoder.encode, encoder.opening(), encoder.closing, encoder.error)
-    )
+    return sse_response(request, sse_events(run, encoder.encode, encoder.opening(), encoder.closing, encoder.error))
 
 
 @router.get("/models")
