@@ -32,6 +32,10 @@ class _ModelConfigBase(BaseModel):
     name: ModelName
     context_size: int | None = Field(default=None, ge=16)
     defaults: SamplingDefaults = SamplingDefaults()
+    # gpt-oss Harmony output: "auto" parses it when the model's template or first tokens show it.
+    harmony: Literal["auto", "on", "off"] = "auto"
+    send_reasoning: bool = True  # reasoning reaches clients
+    store_reasoning: bool = True  # reasoning is kept with the conversation
 
 
 class LlamaCppConfig(_ModelConfigBase):

@@ -87,7 +87,7 @@ ERROR_REPLIES: dict[str, tuple[int, Any]] = {
 }
 
 SCRIPTS = [
-    *("text", "tools", "reasoning", "reasoning-field", "ragged", "json-only", "json-tools"),
+    *("text", "tools", "reasoning", "reasoning-field", "ragged", "json-only", "json-tools", "echo-raw"),
     *("stall", "silent", "hang", "slow"),
     *("error-mid", "drop", "cut", "malformed", "wrong-shape"),
     *ERROR_REPLIES,
@@ -350,6 +350,15 @@ class Upstream:
             await answer.delta({"content": REASONING_ANSWER})
             await answer.delta({}, "stop")
             await answer.end(6)
+        elif model == "echo-raw":
+            # The last user message comes back as the reply's raw content, in 5-character
+            # pieces that split special tokens: how a server that doesn't parse Harmony streams it.
+            text = answer.seen.last_user_text
+            await answer.delta({"role": "assistant", "content": ""})
+            for start in range(0, len(text), 5):
+                await answer.delta({"content": text[start : start + 5]})
+            await answer.delta({}, "stop")
+            await answer.end(len(text) // 4)
         elif model == "ragged":
             await self._ragged(answer)
         elif model == "stall":

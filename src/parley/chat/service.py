@@ -47,7 +47,7 @@ class ChatService:
             max_tokens=_first(request.params.max_tokens, defaults.max_tokens),
         )
         request = replace(request, params=params)
-        return Run(entry.config.name, entry.model.stream(request))
+        return Run(entry.config.name, entry.stream(request))
 
 
 def _first(value: T | None, default: T | None) -> T | None:

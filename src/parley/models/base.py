@@ -94,12 +94,20 @@ class Model(ABC):
     def __init__(self, name: str, context_size: int | None) -> None:
         self.name = name
         self.context_size = context_size
+        # Set by providers that can tell from the model itself (its chat template) that it
+        # writes gpt-oss Harmony; others are detected from their first tokens.
+        self.template_is_harmony = False
 
     async def load(self) -> None:  # noqa: B027 - most providers have nothing to load
         """Get ready to serve (load weights, open connections). Called once, off the request path."""
 
     async def aclose(self) -> None:  # noqa: B027
         """Release what `load` took."""
+
+    async def count_tokens(self, messages: list[ChatMessage]) -> int:
+        """Prompt tokens these messages take. This default is an estimate for models whose
+        tokenizer Parley can't run: four characters a token, plus four a message for the markup."""
+        return sum((len(message.text()) + 3) // 4 + 4 for message in messages)
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:

@@ -159,6 +159,8 @@ class LlamaCppModel(Model):
         bos_token = vocab.token_get_text(self._bos) if self._bos >= 0 else ""
         self._add_bos = bool(vocab.add_bos_token()) and self._bos >= 0
         template = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        # gpt-oss templates speak Harmony: its special tokens must reach the parser as text.
+        self.template_is_harmony = "<|channel|>" in template
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
         self.context_size = llama.n_ctx()
         self._llama = llama
@@ -320,7 +322,8 @@ class LlamaCppModel(Model):
                     break
                 job.completion_tokens += 1
                 job.first_token_at = job.first_token_at or time.monotonic()
-                text, held, hit = split_at_stop(held + decoder.decode(llama.detokenize([token])), job.stop_sequences)
+                piece = decoder.decode(llama.detokenize([token], special=self.template_is_harmony))
+                text, held, hit = split_at_stop(held + piece, job.stop_sequences)
                 if text:
                     yield TextDelta(text)
                 if hit:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from parley.config import FakeConfig, LlamaCppConfig, ModelConfig, OpenAICompatConfig
 from parley.errors import ModelNotFound, ModelNotReady
-from parley.models.base import Model
+from parley.events import StreamEvent
+from parley.models.base import ChatRequest, Model
+from parley.models.output import harmony_parser, normalise
 
 log = logging.getLogger("parley.models")
 
@@ -25,6 +28,14 @@ class ModelEntry:
     model: Model
     state: ModelState = ModelState.LOADING
     error: str | None = None
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """The model's events, normalised (Harmony parsed, reasoning withheld if configured)."""
+        events = self.model.stream(request)
+        parser = harmony_parser(self.config.harmony, self.model.template_is_harmony, request)
+        if parser is None and self.config.send_reasoning:
+            return events
+        return normalise(events, parser, send_reasoning=self.config.send_reasoning)
 
 
 def build_model(config: ModelConfig) -> Model:

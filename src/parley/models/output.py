@@ -1,0 +1,72 @@
+"""Raw model output normalised once, whichever provider produced it.
+
+Harmony (gpt-oss) text becomes reasoning, content and tool calls here, for the in-process model
+and for any upstream that returns raw Harmony in `content`; the per-model reasoning policy is
+applied here too, so no transport ever sees what the model's config withholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Literal
+
+from parley.errors import UpstreamError
+from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta
+from parley.models.base import ChatRequest
+from parley.models.harmony import HarmonyParser
+
+HarmonyMode = Literal["auto", "on", "off"]
+# Where a Harmony prompt leaves off: the chat template ends with the assistant's header start.
+HARMONY_PROMPT_TAIL = "<|start|>assistant"
+
+
+def tool_names(request: ChatRequest) -> list[str]:
+    names = []
+    for tool in request.tools or []:
+        function = tool.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names
+
+
+def harmony_parser(mode: HarmonyMode, template_is_harmony: bool, request: ChatRequest) -> HarmonyParser | None:
+    if mode == "off":
+        return None
+    names = tool_names(request) or None
+    if mode == "on" or template_is_harmony:
+        return HarmonyParser(auto_detect=False, prompt_tail=HARMONY_PROMPT_TAIL, tool_names=names)
+    return HarmonyParser(auto_detect=True, tool_names=names)
+
+
+async def normalise(
+    events: AsyncIterator[StreamEvent], parser: HarmonyParser | None, *, send_reasoning: bool
+) -> AsyncIterator[StreamEvent]:
+    try:
+        async for event in events:
+            if parser is not None and isinstance(event, TextDelta):
+                out: Iterable[StreamEvent] = parser.feed(event.text)
+                if parser.is_harmony is False:
+                    parser = None  # plain text: the rest of the stream passes straight through
+            elif parser is not None and isinstance(event, Finish):
+                out = [*parser.finish(), Finish(parser.finish_reason(event.reason))]
+                _check_arguments(parser)
+            else:
+                out = (event,)
+            for item in out:
+                if send_reasoning or not isinstance(item, ReasoningDelta):
+                    yield item
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _check_arguments(parser: HarmonyParser) -> None:
+    """Arguments a call declared as JSON must be JSON; a client could not act on them otherwise."""
+    problems = parser.invalid_arguments()
+    if problems:
+        first = problems[0]
+        raise UpstreamError(
+            f"the model called {first.name!r} with arguments that are not valid JSON: {first.error}",
+            code="invalid_tool_arguments",
+        )
