@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from parley.api import chat, health, openai
+from parley.api import chat, conversations, health, openai, ws
 from parley.api.chat_schema import stream_event_schemas
 from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
 from parley.chat.service import ChatService
+from parley.chat.turns import ConversationChat
 from parley.config import Settings
 from parley.models.registry import ModelRegistry
+from parley.store import default_database_url, open_store
 
 
 def _document_stream_events(app: FastAPI) -> None:
@@ -36,10 +39,19 @@ def _document_stream_events(app: FastAPI) -> None:
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(settings.database_url or default_database_url(settings.data_dir))
+        # Replies left streaming by a server that stopped are marked failed; with a shared database,
+        # only those older than any reply could still be running on another server.
+        shared = store.engine.dialect.name != "sqlite"
+        await store.fail_interrupted(older_than=timedelta(hours=1) if shared else timedelta(0))
         registry = ModelRegistry(settings.models)
+        chat = ChatService(registry, settings.agents)
         app.state.settings = settings
         app.state.registry = registry
-        app.state.chat = ChatService(registry, settings.agents)
+        app.state.store = store
+        app.state.chat = chat
+        app.state.conversation_chat = ConversationChat(chat, store)
         # Models load in the background: /health answers at once, /ready says when they are up.
         loading = asyncio.create_task(registry.load_all())
         try:
@@ -49,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.aclose()
+            await store.aclose()
 
     app = FastAPI(
         title="Parley",
@@ -58,6 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(openai.router)
     app.include_router(chat.router)
+    app.include_router(conversations.router)
+    app.include_router(ws.router)
     app.include_router(health.router)
     install_error_handlers(app)
     _document_stream_events(app)

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     cors_origins: list[str] = []
     data_dir: Path = Path(".parley")
+    # SQLAlchemy-style URL, e.g. postgresql://postgres@127.0.0.1:5432/parley; default: SQLite in data_dir.
+    database_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # A comment line on an SSE stream after this much silence keeps proxies from closing it.

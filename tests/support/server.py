@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,9 @@ def running_parley(
     settings: Settings | None = None, *, ready_timeout: float = 60.0, wait: bool = True, **overrides: Any
 ) -> Iterator[str]:
     """Yield the base URL of a Parley server built from `settings` (or from `overrides`)."""
-    settings = settings or load_settings(**overrides)
+    if settings is None:
+        overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="parley-test-")))
+        settings = load_settings(**overrides)
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="parley-test-server", daemon=True)

@@ -54,6 +54,8 @@ class MessageStart(BaseModel):
     model: str
     agent: str | None
     created: int
+    truncated: bool = Field(description="Earlier messages were left out to fit the model's context.")
+    truncated_messages: int = Field(description="How many earlier messages were left out.")
 
 
 class TextDeltaOut(BaseModel):
@@ -101,6 +103,8 @@ class ChatReply(BaseModel):
     conversation_id: str
     model: str
     agent: str | None
+    truncated: bool
+    truncated_messages: int
     content: str
     reasoning: str | None
     tool_calls: list[ToolCallOut]

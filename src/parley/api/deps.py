@@ -4,24 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from parley.chat.service import ChatService
+from parley.chat.turns import ConversationChat
 from parley.config import Settings
 from parley.models.registry import ModelRegistry
+from parley.store import ConversationStore
 
 
-def _settings(request: Request) -> Settings:
+def _settings(request: HTTPConnection) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _registry(request: Request) -> ModelRegistry:
+def _registry(request: HTTPConnection) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def _chat(request: Request) -> ChatService:
+def _conversation_chat(request: HTTPConnection) -> ConversationChat:
+    chat: ConversationChat = request.app.state.conversation_chat
+    return chat
+
+
+def _store(request: HTTPConnection) -> ConversationStore:
+    store: ConversationStore = request.app.state.store
+    return store
+
+
+def _chat(request: HTTPConnection) -> ChatService:
     chat: ChatService = request.app.state.chat
     return chat
 
@@ -29,3 +42,5 @@ def _chat(request: Request) -> ChatService:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat)]
+ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
+StoreDep = Annotated[ConversationStore, Depends(_store)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from parley.events import (
     Finish,
@@ -25,6 +26,10 @@ class _ToolCallParts:
     id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
+
+
+Outcome = Literal["complete", "cancelled", "failed"]
+RunEnded = Callable[["Run"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,13 @@ class Run:
         self._tool_calls: dict[int, _ToolCallParts] = {}
         self.usage: Usage | None = None
         self.finish_reason: FinishReason | None = None
+        self.outcome: Outcome | None = None
+        self.error: str | None = None
+        self._on_end: list[RunEnded] = []
+
+    def on_end(self, callback: RunEnded) -> None:
+        """Call `callback(run)` once when the run is closed, whatever its outcome."""
+        self._on_end.append(callback)
 
     async def wait_for_head(self, seconds: float) -> None:
         """Let the first event arrive for up to `seconds`; a failure within that time raises here.
@@ -65,6 +77,7 @@ class Run:
             error = self._head.exception()
             if error is not None and not isinstance(error, StopAsyncIteration):
                 self._head = None
+                self.outcome, self.error = "failed", str(error) or type(error).__name__
                 raise error
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
@@ -80,6 +93,10 @@ class Run:
             async for event in self._events:
                 self._record(event)
                 yield event
+            self.outcome = "complete"
+        except Exception as exc:
+            self.outcome, self.error = "failed", str(exc) or type(exc).__name__
+            raise
         finally:
             self._ended_at = time.perf_counter()
 
@@ -112,11 +129,18 @@ class Run:
             self._head.cancel()
             await asyncio.wait({self._head})
             self._head = None
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        if self._ended_at is None:
-            self._ended_at = time.perf_counter()
+        try:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._ended_at is None:
+                self._ended_at = time.perf_counter()
+            if self.outcome is None:
+                self.outcome = "cancelled"
+            callbacks, self._on_end = self._on_end, []
+            for callback in callbacks:
+                await callback(self)
 
     async def collect(self) -> None:
         """Run to the end, for replies that are not streamed."""

@@ -9,7 +9,7 @@ from parley.chat.run import Run
 from parley.config import AgentConfig
 from parley.errors import InvalidRequest
 from parley.models.base import ChatMessage, ChatRequest
-from parley.models.registry import ModelRegistry
+from parley.models.registry import ModelEntry, ModelRegistry
 
 T = TypeVar("T")
 
@@ -26,14 +26,19 @@ class ChatService:
             raise InvalidRequest(f"agent {name!r} does not exist; configured agents: {known}", param="agent")
         return agent
 
+    def resolve(self, model: str | None, agent: str | None) -> tuple[ModelEntry, AgentConfig | None]:
+        """The model a request runs on (its own choice, else its agent's, else the default)."""
+        agent_config = self.agent(agent) if agent is not None else None
+        if model is None and agent_config is not None:
+            model = agent_config.model
+        return self._registry.get(model), agent_config
+
     def start(self, request: ChatRequest, model: str | None = None, agent: str | None = None) -> Run:
         """Check the request against the model and begin generating; nothing runs until iterated."""
-        if agent is not None:
-            agent_config = self.agent(agent)
-            model = model or agent_config.model
-            system = ChatMessage(role="system", content=agent_config.system_prompt)
-            request = replace(request, messages=[system, *request.messages])
-        entry = self._registry.get(model)
+        entry, agent_config = self.resolve(model, agent)
+        return self.begin(entry, with_system_prompt(request, agent_config))
+
+    def begin(self, entry: ModelEntry, request: ChatRequest) -> Run:
         if request.tools and not entry.model.supports_tools:
             raise InvalidRequest(
                 f"model {entry.config.name!r} ({entry.model.provider}) does not support tools",
@@ -46,8 +51,14 @@ class ChatService:
             top_p=_first(request.params.top_p, defaults.top_p),
             max_tokens=_first(request.params.max_tokens, defaults.max_tokens),
         )
-        request = replace(request, params=params)
-        return Run(entry.config.name, entry.stream(request))
+        return Run(entry.config.name, entry.stream(replace(request, params=params)))
+
+
+def with_system_prompt(request: ChatRequest, agent: AgentConfig | None) -> ChatRequest:
+    if agent is None:
+        return request
+    system = ChatMessage(role="system", content=agent.system_prompt)
+    return replace(request, messages=[system, *request.messages])
 
 
 def _first(value: T | None, default: T | None) -> T | None:

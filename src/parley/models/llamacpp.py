@@ -24,7 +24,7 @@ from typing import Any
 from parley.config import LlamaCppConfig
 from parley.errors import InvalidRequest, ModelNotReady
 from parley.events import Finish, FinishReason, StreamEvent, TextDelta, Usage
-from parley.models.base import ChatRequest, Model
+from parley.models.base import ChatMessage, ChatRequest, Model
 
 log = logging.getLogger("parley.models.llamacpp")
 
@@ -204,6 +204,15 @@ class LlamaCppModel(Model):
                 yield item
         finally:
             job.cancelled.set()
+
+    async def count_tokens(self, messages: list[ChatMessage]) -> int:
+        """Exact: the model's own template and tokenizer, on the thread that prepares prompts."""
+        loop = asyncio.get_running_loop()
+        try:
+            tokens = await loop.run_in_executor(self._prep, self._tokenize, ChatRequest(messages=messages))
+        except RuntimeError as exc:  # the executor is shut down: the server is stopping
+            raise self._closed() from exc
+        return len(tokens)
 
     def _tokenize(self, request: ChatRequest) -> list[int]:
         llama = self._llama

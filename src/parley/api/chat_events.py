@@ -1,0 +1,72 @@
+"""One conversation turn's events as (name, payload) pairs.
+
+`/api/chat` sends them as named SSE events, the WebSocket as JSON frames: the same events,
+encoded once here, in two thin wire formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import BaseModel
+
+from parley.api.chat_schema import (
+    ErrorOut,
+    MessageComplete,
+    MessageStart,
+    ReasoningDeltaOut,
+    TextDeltaOut,
+    UsageOut,
+    timing_out,
+    tool_calls_out,
+)
+from parley.chat.turns import Turn
+from parley.errors import ParleyError
+from parley.events import ReasoningDelta, StreamEvent, TextDelta
+
+NamedEvent = tuple[str, BaseModel]
+
+
+class ChatEvents:
+    def __init__(self, turn: Turn) -> None:
+        self._turn = turn
+
+    def start(self) -> MessageStart:
+        turn = self._turn
+        return MessageStart(
+            run_id=turn.run.id,
+            message_id=turn.message_id,
+            conversation_id=turn.conversation_id,
+            model=turn.run.model,
+            agent=turn.agent,
+            created=turn.run.created,
+            truncated=turn.truncated_messages > 0,
+            truncated_messages=turn.truncated_messages,
+        )
+
+    def opening(self) -> Iterator[NamedEvent]:
+        yield "message_start", self.start()
+
+    def encode(self, event: StreamEvent) -> Iterator[NamedEvent]:
+        if isinstance(event, TextDelta):
+            yield "text_delta", TextDeltaOut(text=event.text)
+        elif isinstance(event, ReasoningDelta):
+            yield "reasoning_delta", ReasoningDeltaOut(text=event.text)
+
+    def closing(self) -> Iterator[NamedEvent]:
+        run = self._turn.run
+        for call in tool_calls_out(run.tool_calls):
+            yield "tool_call", call
+        yield (
+            "message_complete",
+            MessageComplete(
+                message_id=self._turn.message_id,
+                finish_reason=run.finish_reason or ("cancelled" if run.outcome == "cancelled" else "stop"),
+                usage=UsageOut.of(run.usage),
+                timing=timing_out(run),
+            ),
+        )
+
+    @staticmethod
+    def error(error: ParleyError) -> NamedEvent:
+        return "error", ErrorOut(message=error.message, type=error.error_type, code=error.code)

@@ -1,0 +1,110 @@
+"""`/api/conversations`: list, read, rename, delete and export stored conversations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley.api.chat_schema import UsageOut
+from parley.api.deps import StoreDep
+
+router = APIRouter(prefix="/api/conversations", tags=["Conversations"])
+
+
+class ConversationOut(BaseModel):
+    id: str
+    title: str | None
+    model: str | None
+    agent: str | None
+    message_count: int
+    created_at: datetime
+    updated_at: datetime = Field(description="Last activity.")
+
+
+class MessageOut(BaseModel):
+    id: str
+    position: int
+    role: str
+    content: str
+    reasoning: str | None
+    tool_calls: list[dict[str, object]] | None
+    tool_call_id: str | None
+    model: str | None
+    agent: str | None
+    usage: UsageOut | None
+    time_to_first_token_ms: float | None
+    total_ms: float | None
+    finish_reason: str | None
+    status: Literal["complete", "cancelled", "failed", "streaming"]
+    error: str | None
+    created_at: datetime
+
+
+class ConversationDetail(ConversationOut):
+    messages: list[MessageOut]
+
+
+class ConversationPageOut(BaseModel):
+    data: list[ConversationOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next, older page; null at the end.")
+
+
+class Rename(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+
+
+@router.get("")
+async def list_conversations(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ConversationPageOut:
+    """Newest activity first."""
+    page = await store.list_conversations(limit=limit, cursor=cursor)
+    return ConversationPageOut(
+        data=[ConversationOut.model_validate(item.to_dict()) for item in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{conversation_id}")
+async def get_conversation(conversation_id: str, store: StoreDep) -> ConversationDetail:
+    return ConversationDetail.model_validate((await store.get_conversation(conversation_id)).to_dict())
+
+
+@router.patch("/{conversation_id}")
+async def rename_conversation(conversation_id: str, body: Rename, store: StoreDep) -> ConversationOut:
+    return ConversationOut.model_validate((await store.rename(conversation_id, body.title)).to_dict())
+
+
+@router.delete("/{conversation_id}", status_code=204)
+async def delete_conversation(conversation_id: str, store: StoreDep) -> Response:
+    await store.delete(conversation_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{conversation_id}/export",
+    responses={200: {"content": {"application/json": {}, "text/markdown": {}}}},
+    response_model=None,
+)
+async def export_conversation(
+    conversation_id: str, store: StoreDep, format: Literal["json", "markdown"] = "json"
+) -> Response:
+    """The whole conversation as a JSON document or as Markdown, as a download."""
+    if format == "markdown":
+        body = await store.export_markdown(conversation_id)
+        return PlainTextResponse(
+            body,
+            media_type="text/markdown; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{conversation_id}.md"'},
+        )
+    return JSONResponse(
+        await store.export_json(conversation_id),
+        headers={"Content-Disposition": f'attachment; filename="{conversation_id}.json"'},
+    )

@@ -1,0 +1,78 @@
+"""A turn of a stored conversation: history in, the reply saved whatever becomes of it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from parley.chat.context import fit_to_context
+from parley.chat.run import Run
+from parley.chat.service import ChatService, with_system_prompt
+from parley.models.base import ChatMessage, ChatRequest, GenerationParams
+from parley.store.conversations import ConversationStore, new_conversation_id
+
+log = logging.getLogger("parley.chat")
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    run: Run
+    conversation_id: str
+    message_id: str  # the reply's
+    agent: str | None
+    truncated_messages: int  # earlier messages left out to fit the model's context
+
+
+class ConversationChat:
+    def __init__(self, chat: ChatService, store: ConversationStore) -> None:
+        self._chat = chat
+        self._store = store
+
+    async def start(
+        self,
+        message: str,
+        *,
+        conversation_id: str | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+        params: GenerationParams | None = None,
+    ) -> Turn:
+        """Save the user's message, start the reply, and arrange for the reply to be saved.
+
+        Everything that can refuse the request (unknown model or agent, a message too long for
+        the model) is checked before anything is written.
+        """
+        params = params or GenerationParams()
+        entry, agent_config = self._chat.resolve(model, agent)
+        conversation = await self._store.get_or_create(
+            conversation_id or new_conversation_id(), model=entry.config.name, agent=agent
+        )
+        history = await self._store.history(conversation.id)
+        request = with_system_prompt(
+            ChatRequest(messages=[*history, ChatMessage(role="user", content=message)], params=params),
+            agent_config,
+        )
+        fitted = await fit_to_context(entry.model, request.messages, params.max_tokens)
+        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
+        await self._store.append_message(conversation.id, "user", message, agent=agent)
+        reply_id = await self._store.start_assistant_message(conversation.id, model=entry.config.name, agent=agent)
+        store_reasoning = entry.config.store_reasoning
+
+        async def save(ended: Run) -> None:
+            try:
+                await self._store.finish_message(
+                    reply_id,
+                    content=ended.text,
+                    reasoning=ended.reasoning if store_reasoning else None,
+                    tool_calls=ended.tool_calls or None,
+                    usage=ended.usage,
+                    timing=ended.timing(),
+                    finish_reason=ended.finish_reason,
+                    status=ended.outcome or "cancelled",
+                    error=ended.error,
+                )
+            except Exception:  # the client has its reply; a storage failure is the operator's to see
+                log.exception("could not save reply %s of conversation %s", reply_id, conversation.id)
+
+        run.on_end(save)
+        return Turn(run, conversation.id, reply_id, agent, fitted.dropped)
