@@ -9,6 +9,9 @@ import pytest
 
 REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
 
+# Fixtures over both conversation backends (SQLite and PostgreSQL), for any test module.
+pytest_plugins = ["tests.support.databases"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
