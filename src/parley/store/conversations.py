@@ -1,0 +1,440 @@
+"""ConversationStore: conversations and their messages, kept in SQL (SQLite or PostgreSQL).
+
+Every method is one transaction: it happens whole or not at all, and input the store won't keep
+is refused before anything is written. Replies are saved in two steps, `start_assistant_message`
+then `finish_message`, so a reply that fails or is cancelled part-way keeps what was produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Row, Select, delete, func, literal, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from parley.events import Usage
+from parley.models.base import ChatMessage
+from parley.store import export, inputs
+from parley.store.engine import create_engine, writer
+from parley.store.errors import (
+    ConversationExists,
+    ConversationNotFound,
+    InvalidStoreInput,
+    MessageNotFound,
+    MessageNotStreaming,
+)
+from parley.store.migrator import migrate
+from parley.store.records import (
+    ConversationPage,
+    ConversationRecord,
+    ConversationSummary,
+    FinalStatus,
+    MessageRecord,
+    Role,
+    TimingLike,
+)
+from parley.store.schema import ID_LENGTH, ROLES, ConversationRow, MessageRow, UTCDateTime
+
+MAX_PAGE = 200
+INTERRUPTED = "interrupted: the server stopped before the reply finished"
+_HISTORY_STATUSES = ("complete", "cancelled")
+
+
+def new_conversation_id() -> str:
+    return f"conv_{uuid.uuid4().hex}"
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+async def open_store(url: str | URL, *, run_migrations: bool = True) -> ConversationStore:
+    """Connect to `url` (e.g. `sqlite:///data/parley.db`, `postgresql://user@host/db`), migrating first."""
+    engine = create_engine(url)
+    try:
+        if run_migrations:
+            await migrate(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return ConversationStore(engine)
+
+
+class ConversationStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._reading = async_sessionmaker(engine, expire_on_commit=False)
+        self._writing = async_sessionmaker(writer(engine), expire_on_commit=False)
+        self._last_now = datetime.fromtimestamp(0, UTC)
+        # SQLite has one writer at a time, and a writer kept waiting polls with growing sleeps:
+        # this server's own writes queue here instead (other processes still meet the busy timeout).
+        self._write_turn = asyncio.Lock() if self._dialect == "sqlite" else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def aclose(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise if the database can't be reached (for readiness checks)."""
+        async with self._engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    # --- conversations --------------------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        title: str | None = None,
+        *,
+        model: str | None = None,
+        agent: str | None = None,
+        conversation_id: str | None = None,
+    ) -> ConversationSummary:
+        row = self._new_conversation(conversation_id, title=inputs.checked_title(title) if title is not None else None)
+        row.model, row.agent = inputs.checked_name(model, "model"), inputs.checked_name(agent, "agent")
+        try:
+            async with self._write() as session:
+                session.add(row)
+        except IntegrityError:
+            raise ConversationExists(row.id) from None
+        return _summary(row)
+
+    async def get_or_create(
+        self, conversation_id: str, *, model: str | None = None, agent: str | None = None
+    ) -> ConversationSummary:
+        """The conversation with this id, created (empty) if there is none. Safe to race."""
+        row = self._new_conversation(conversation_id)
+        values = {
+            "id": row.id,
+            "model": inputs.checked_name(model, "model"),
+            "agent": inputs.checked_name(agent, "agent"),
+            "message_count": 0,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        async with self._write() as session:
+            await session.execute(dialect_insert(ConversationRow).values(values).on_conflict_do_nothing())
+            found = await session.get(ConversationRow, row.id)
+            assert found is not None
+            return _summary(found)
+
+    async def list_conversations(self, limit: int = 20, cursor: str | None = None) -> ConversationPage:
+        """Newest activity first. Pass `next_cursor` back as `cursor` for the next page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidStoreInput(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+        order = (ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+        query = select(ConversationRow).order_by(*order).limit(limit + 1)
+        if cursor is not None:
+            moment, last_id = inputs.decode_cursor(cursor)
+            key = tuple_(ConversationRow.updated_at, ConversationRow.id)
+            query = query.where(key < tuple_(literal(moment, UTCDateTime()), literal(last_id)))
+        async with self._read() as session:
+            rows = list(await session.scalars(query))
+        items = [_summary(row) for row in rows[:limit]]
+        next_cursor = inputs.encode_cursor(items[-1]) if len(rows) > limit else None
+        return ConversationPage(items, next_cursor)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord:
+        """The conversation with all its messages, in order."""
+        async with self._read() as session:
+            row = await self._conversation(session, conversation_id)
+            messages = await session.execute(_messages_of(conversation_id))
+            return ConversationRecord(
+                id=row.id,
+                title=row.title,
+                model=row.model,
+                agent=row.agent,
+                message_count=row.message_count,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+                messages=tuple(_message(m) for m in messages),
+            )
+
+    async def history(self, conversation_id: str) -> list[ChatMessage]:
+        """The messages to send a model: finished ones (cancelled replies keep their partial text).
+
+        Left out: replies still streaming, replies that failed, and empty replies; the tool calls
+        of a reply cut short (they'd have no results to follow them).
+        """
+        query = _messages_of(conversation_id).where(MessageRow.status.in_(_HISTORY_STATUSES))
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+            if not rows:
+                await self._conversation(session, conversation_id)
+        history = []
+        for row in rows:
+            message = _message(row)
+            if message.status != "complete" and message.tool_calls:
+                message = dataclasses.replace(message, tool_calls=None)
+            if message.role == "assistant" and not message.content and not message.tool_calls:
+                continue
+            history.append(message.to_chat_message())
+        return history
+
+    async def rename(self, conversation_id: str, title: str) -> ConversationSummary:
+        clean = inputs.checked_title(title)
+        async with self._write() as session:
+            row = await self._conversation(session, conversation_id)
+            row.title = clean
+            return _summary(row)
+
+    async def delete(self, conversation_id: str) -> None:
+        """Delete the conversation and (by the foreign key's cascade) all its messages."""
+        async with self._write() as session:
+            deleted = await session.execute(
+                delete(ConversationRow).where(ConversationRow.id == conversation_id).returning(ConversationRow.id)
+            )
+            if deleted.first() is None:
+                raise ConversationNotFound(conversation_id)
+
+    async def export_json(self, conversation_id: str) -> dict[str, Any]:
+        return export.to_json(await self.get_conversation(conversation_id))
+
+    async def export_markdown(self, conversation_id: str) -> str:
+        return export.to_markdown(await self.get_conversation(conversation_id))
+
+    # --- messages -------------------------------------------------------------------------------
+
+    async def append_message(
+        self,
+        conversation_id: str,
+        role: Role,
+        content: str,
+        *,
+        reasoning: str | None = None,
+        tool_calls: Sequence[BaseModel | Mapping[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Add a finished message at the end; the first user message titles an untitled conversation."""
+        if role not in ROLES:
+            raise InvalidStoreInput(f"role must be one of {', '.join(ROLES)}; got {role!r}", param="role")
+        row = MessageRow(
+            role=role,
+            content=inputs.clean_text(content),
+            reasoning=inputs.clean_text_or_none(reasoning),
+            tool_calls=inputs.plain_tool_calls(tool_calls),
+            tool_call_id=inputs.clean_text_or_none(tool_call_id),
+            model=inputs.checked_name(model, "model"),
+            agent=inputs.checked_name(agent, "agent"),
+            status="complete",
+        )
+        title = inputs.title_from(row.content) if role == "user" else None
+        return await self._add(conversation_id, row, message_id, title=title)
+
+    async def start_assistant_message(
+        self,
+        conversation_id: str,
+        *,
+        model: str | None = None,
+        agent: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Put an empty reply (status `streaming`) at the end, to fill in with `finish_message`.
+
+        The conversation's model and agent become this reply's.
+        """
+        row = MessageRow(
+            role="assistant",
+            content="",
+            model=inputs.checked_name(model, "model"),
+            agent=inputs.checked_name(agent, "agent"),
+            status="streaming",
+        )
+        return await self._add(conversation_id, row, message_id, model=row.model, agent=row.agent)
+
+    async def finish_message(
+        self,
+        message_id: str,
+        *,
+        content: str,
+        reasoning: str | None = None,
+        tool_calls: Sequence[BaseModel | Mapping[str, Any]] | None = None,
+        usage: Usage | None = None,
+        timing: TimingLike | None = None,
+        finish_reason: str | None = None,
+        status: FinalStatus = "complete",
+        error: str | None = None,
+    ) -> MessageRecord:
+        """Record how a reply ended, with what it produced, whatever the outcome (once per reply)."""
+        if status not in ("complete", "cancelled", "failed"):
+            raise InvalidStoreInput(f"a reply ends complete, cancelled or failed; got {status!r}", param="status")
+        values: dict[str, Any] = {
+            "content": inputs.clean_text(content),
+            "reasoning": inputs.clean_text_or_none(reasoning),
+            "tool_calls": inputs.plain_tool_calls(tool_calls),
+            "finish_reason": inputs.clean_text_or_none(finish_reason, 32),
+            "status": status,
+            "error": inputs.clean_text_or_none(error),
+            "prompt_tokens": inputs.token_count(usage.prompt_tokens) if usage else None,
+            "completion_tokens": inputs.token_count(usage.completion_tokens) if usage else None,
+            "time_to_first_token_ms": timing.time_to_first_token_ms if timing else None,
+            "total_ms": timing.total_ms if timing else None,
+        }
+        now = self._now()
+        async with self._write() as session:
+            owner = select(MessageRow.conversation_id).where(MessageRow.id == message_id).scalar_subquery()
+            # The conversation row first, as append does: writers lock in one order, so never deadlock.
+            await session.execute(
+                update(ConversationRow)
+                .where(ConversationRow.id == owner)
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            finished = await session.execute(
+                update(MessageRow)
+                .where(MessageRow.id == message_id, MessageRow.status == "streaming")
+                .values(values)
+                .returning(*_MESSAGE_COLUMNS)
+                .execution_options(synchronize_session=False)
+            )
+            row = finished.first()
+            if row is None:
+                current = await session.scalar(select(MessageRow.status).where(MessageRow.id == message_id))
+                if current is None:
+                    raise MessageNotFound(message_id)
+                raise MessageNotStreaming(message_id, current)
+            return _message(row)
+
+    async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
+        """Mark replies left `streaming` (their server stopped) as failed; returns how many.
+
+        Several servers sharing a database: pass `older_than` longer than any reply can stream,
+        so replies that other servers are still writing are left alone.
+        """
+        cutoff = self._now() - older_than
+        async with self._write() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(MessageRow.status == "streaming", MessageRow.created_at <= cutoff)
+                .values(status="failed", finish_reason="error", error=INTERRUPTED)
+                .returning(MessageRow.id)
+                .execution_options(synchronize_session=False)
+            )
+            return len(result.all())
+
+    # --- internals ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        async with self._reading() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_turn is not None:
+                await stack.enter_async_context(self._write_turn)
+            session = await stack.enter_async_context(self._writing())
+            await stack.enter_async_context(session.begin())
+            yield session
+
+    def _now(self) -> datetime:
+        """UTC now, strictly increasing within this store, so "newest first" never ties here."""
+        now = datetime.now(UTC)
+        if now <= self._last_now:
+            now = self._last_now + timedelta(microseconds=1)
+        self._last_now = now
+        return now
+
+    def _new_conversation(self, conversation_id: str | None, title: str | None = None) -> ConversationRow:
+        if conversation_id is None:
+            conversation_id = new_conversation_id()
+        elif not inputs.ID_PATTERN.match(conversation_id):
+            raise InvalidStoreInput(
+                f"a conversation id is 1-{ID_LENGTH} letters, digits and . _ : - (starting with a letter or digit)",
+                param="conversation_id",
+            )
+        now = self._now()
+        return ConversationRow(id=conversation_id, title=title, message_count=0, created_at=now, updated_at=now)
+
+    async def _conversation(self, session: AsyncSession, conversation_id: str) -> ConversationRow:
+        row = await session.get(ConversationRow, conversation_id)
+        if row is None:
+            raise ConversationNotFound(conversation_id)
+        return row
+
+    async def _add(
+        self,
+        conversation_id: str,
+        row: MessageRow,
+        message_id: str | None,
+        *,
+        title: str | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+    ) -> str:
+        if message_id is not None and not inputs.ID_PATTERN.match(message_id):
+            raise InvalidStoreInput("a message id is 1-128 letters, digits and . _ : -", param="message_id")
+        row.id = message_id or new_message_id()
+        row.conversation_id = conversation_id
+        row.created_at = now = self._now()
+        changes: dict[str, Any] = {"message_count": ConversationRow.message_count + 1, "updated_at": now}
+        if title is not None:
+            changes["title"] = func.coalesce(ConversationRow.title, title)
+        if model is not None:
+            changes["model"] = model
+        if agent is not None:
+            changes["agent"] = agent
+        try:
+            async with self._write() as session:
+                # Locks the conversation's row until commit: appends to one conversation take turns,
+                # across servers too, so positions never collide.
+                count = await session.scalar(
+                    update(ConversationRow)
+                    .where(ConversationRow.id == conversation_id)
+                    .values(changes)
+                    .returning(ConversationRow.message_count)
+                    .execution_options(synchronize_session=False)
+                )
+                if count is None:
+                    raise ConversationNotFound(conversation_id)
+                row.position = count - 1
+                session.add(row)
+        except IntegrityError:
+            if message_id is None:
+                raise
+            raise InvalidStoreInput(f"message {message_id!r} already exists", param="message_id") from None
+        return row.id
+
+
+# Messages are read as plain rows, not ORM objects: loading 1,000 takes a quarter of the time.
+_MESSAGE_COLUMNS = tuple(MessageRow.__table__.columns)
+if [column.name for column in _MESSAGE_COLUMNS] != [field.name for field in dataclasses.fields(MessageRecord)]:
+    raise RuntimeError("MessageRecord's fields must follow the messages table's columns, in order")
+
+
+def _messages_of(conversation_id: str) -> Select[*tuple[Any, ...]]:
+    return select(*_MESSAGE_COLUMNS).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.position)
+
+
+def _summary(row: ConversationRow) -> ConversationSummary:
+    return ConversationSummary(
+        id=row.id,
+        title=row.title,
+        model=row.model,
+        agent=row.agent,
+        message_count=row.message_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _message(row: Row[*tuple[Any, ...]]) -> MessageRecord:
+    return MessageRecord(*row)  # the columns come in the record's field order (checked above)
