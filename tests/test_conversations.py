@@ -20,7 +20,6 @@ from tests.support.server import running_parley
 from tests.support.upstream import TEXT_REPLY, Upstream, running_upstream
 
 
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     with running_upstream() as server:
