@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
 import pytest
 
+from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.server import running_parley
 
 USER = {"role": "user", "content": "hi"}
@@ -73,3 +75,20 @@ def test_one_log_line_per_request_with_its_id(caplog: pytest.LogCaptureFixture) 
     assert len([line for line in lines if line.startswith("req-42 ")]) == 1
     assert any(line.startswith("req-42 POST /api/chat 200 ") for line in lines)
     assert any(line.startswith("req-43 GET /v1/models 200 ") for line in lines)
+
+
+def test_ready_reports_a_lost_database() -> None:
+    try:
+        url = asyncio.run(create_postgres_database())
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        with running_parley(models=[{"name": "echo", "provider": "fake"}], database_url=url) as parley:
+            assert httpx.get(f"{parley}/ready").status_code == 200
+            asyncio.run(drop_postgres_database(url))
+            lost = httpx.get(f"{parley}/ready")
+            assert lost.status_code == 503
+            assert "database unreachable" in lost.json()["reason"]
+            assert httpx.get(f"{parley}/health").status_code == 200, "the process itself is still alive"
+    finally:
+        asyncio.run(drop_postgres_database(url))

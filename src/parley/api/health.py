@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from parley.api.deps import RegistryDep
+from parley.api.deps import RegistryDep, StoreDep
 from parley.models.registry import ModelState
 
 router = APIRouter(tags=["Operations"])
@@ -20,10 +20,14 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"description": "A model is still loading or failed to load."}})
-async def ready(registry: RegistryDep) -> JSONResponse:
-    """Every configured model is loaded; 503 with the reason otherwise."""
+async def ready(registry: RegistryDep, store: StoreDep) -> JSONResponse:
+    """Every configured model is loaded and the database answers; 503 with the reason otherwise."""
     models: dict[str, Any] = {}
     problems: list[str] = []
+    try:
+        await store.ping()
+    except Exception as exc:  # any failure to reach the database is the reason, not a 500
+        problems.append(f"database unreachable: {type(exc).__name__}: {exc}")
     for entry in registry.entries():
         models[entry.config.name] = {"state": entry.state.value, "error": entry.error}
         if entry.state is ModelState.LOADING:
