@@ -7,7 +7,10 @@ application-level keep-alive (answered `{"event": "pong"}`). Server frames:
 `{"event": NAME, "data": {...}}` with the same names and payloads as `/api/chat`'s SSE events.
 One reply at a time: a message sent while a reply runs is refused with an error frame
 (`code: "busy"`), not queued, so a client never has replies it didn't wait for.
-Malformed frames get an error frame and the socket stays open.
+A cancelled reply, or one whose client left, is saved as cancelled with its partial text; a
+cancel that comes after the model finished changes nothing. Frames are text, or binary holding
+JSON in UTF-8. Malformed frames get an error frame (`code: "invalid_frame"`) and the socket
+stays open.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +31,8 @@ from parley.api.streaming import close_run
 from parley.chat.turns import ConversationChat
 from parley.errors import InvalidRequest, ParleyError, as_parley_error
 from parley.models.base import GenerationParams
+
+log = logging.getLogger("parley.ws")
 
 router = APIRouter(tags=["Parley chat API"])
 
@@ -47,11 +54,11 @@ class ControlFrame(BaseModel):
     type: Literal["cancel", "ping"]
 
 
-def parse_frame(text: str) -> MessageFrame | ControlFrame:
+def parse_frame(text: str | bytes) -> MessageFrame | ControlFrame:
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"frame is not valid JSON: {exc}", code="invalid_frame") from exc
+        data = json.loads(text)  # bytes: a binary frame, JSON in UTF-8 (json refuses other encodings)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InvalidRequest(f"frame is not valid JSON in UTF-8: {exc}", code="invalid_frame") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("a frame is a JSON object", code="invalid_frame")
     try:
@@ -65,12 +72,22 @@ def parse_frame(text: str) -> MessageFrame | ControlFrame:
 
 
 class _Session:
+    """One socket: its frames in, and at most one reply at a time out.
+
+    A reply is stopped through an anyio cancel scope around its streaming only, never by
+    cancelling its task: a cancel that comes while the ended reply is being saved (or twice, a
+    cancel frame and then a disconnect) must not cut that save short, and a native Task.cancel()
+    goes through the shield that close_run puts around it.
+    """
+
     def __init__(self, socket: WebSocket, session_id: str, conversations: ConversationChat) -> None:
         self._socket = socket
         self._session_id = session_id
         self._conversations = conversations
         self._sending = asyncio.Lock()
-        self.reply: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Set from the moment a message is accepted until its reply is saved: the session is busy.
+        self._running: anyio.CancelScope | None = None
 
     async def send(self, named: NamedEvent) -> None:
         name, payload = named
@@ -80,27 +97,27 @@ class _Session:
         async with self._sending:
             await self._socket.send_text(json.dumps(frame))
 
-    async def handle(self, text: str) -> None:
+    async def handle(self, text: str | bytes) -> None:
         try:
             frame = parse_frame(text)
         except ParleyError as error:
             await self.send(ChatEvents.error(error))
             return
-        running = self.reply is not None and not self.reply.done()
         if isinstance(frame, MessageFrame):
-            if running:
+            if self._running is not None:
                 busy = InvalidRequest("a reply is still running: wait for it or cancel it first", code="busy")
                 await self.send(ChatEvents.error(busy))
             else:
-                self.reply = asyncio.create_task(self._reply(frame))
+                self._running = anyio.CancelScope()
+                self._task = asyncio.create_task(self._reply(frame, self._running))
         elif frame.type == "ping":
             await self.send_frame({"event": "pong"})
-        elif running and self.reply is not None:
-            self.reply.cancel()
+        elif self._running is not None:
+            self._running.cancel()
         else:
             await self.send(ChatEvents.error(InvalidRequest("no reply is running", code="nothing_to_cancel")))
 
-    async def _reply(self, frame: MessageFrame) -> None:
+    async def _reply(self, frame: MessageFrame, stopping: anyio.CancelScope) -> None:
         try:
             turn = await self._conversations.start(
                 frame.message,
@@ -110,32 +127,46 @@ class _Session:
                 params=GenerationParams(max_tokens=frame.max_tokens, temperature=frame.temperature),
             )
         except Exception as exc:
-            await self.send(ChatEvents.error(as_parley_error(exc)))
+            self._running = None
+            await self._send_error(exc)
             return
         events = ChatEvents(turn)
+        failure: Exception | None = None
         try:
             for named in events.opening():
                 await self.send(named)
-            async for event in turn.run:
-                for named in events.encode(event):
-                    await self.send(named)
-        except asyncio.CancelledError:
-            pass  # a cancel frame, or the socket closed: the reply ends as cancelled
+            with stopping:  # a cancel frame or the client leaving: the reply ends as cancelled
+                async for event in turn.run:
+                    for named in events.encode(event):
+                        await self.send(named)
         except Exception as exc:
-            await close_run(turn.run)
-            with contextlib.suppress(Exception):
-                await self.send(ChatEvents.error(as_parley_error(exc)))
-            return
+            failure = exc
         finally:
-            await close_run(turn.run)
+            try:
+                await close_run(turn.run)  # the reply is saved here, whatever its outcome
+            finally:
+                self._running = None  # before the last frame: a client answering it is not told busy
+        if failure is not None:
+            await self._send_error(failure)
+            return
         with contextlib.suppress(Exception):  # the client may be gone
             for named in events.closing():
                 await self.send(named)
 
+    async def _send_error(self, exc: Exception) -> None:
+        if isinstance(exc, WebSocketDisconnect):
+            return  # the client left: nobody to tell
+        if not isinstance(exc, ParleyError):
+            log.error("websocket session %s failed", self._session_id, exc_info=exc)
+        with contextlib.suppress(Exception):
+            await self.send(ChatEvents.error(as_parley_error(exc)))
+
     async def stop(self) -> None:
-        if self.reply is not None and not self.reply.done():
-            self.reply.cancel()
-            await asyncio.wait({self.reply})
+        """The client left: stop the reply in progress and wait until it is saved."""
+        if self._running is not None:
+            self._running.cancel()
+        if self._task is not None:
+            await asyncio.wait({self._task})
 
 
 @router.websocket("/ws/chat/{session_id}")
@@ -145,9 +176,7 @@ async def chat_socket(socket: WebSocket, session_id: str, conversations: Convers
     try:
         while (message := await socket.receive())["type"] != "websocket.disconnect":
             text = message.get("text")
-            if text is None:  # a binary frame: JSON in UTF-8 is accepted too
-                text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
-            await session.handle(text)
+            await session.handle(text if text is not None else message.get("bytes") or b"")
     except WebSocketDisconnect:
         pass
     finally:

@@ -23,7 +23,9 @@ class ChatService:
         agent = self._agents.get(name)
         if agent is None:
             known = ", ".join(self._agents) or "none"
-            raise InvalidRequest(f"agent {name!r} does not exist; configured agents: {known}", param="agent")
+            raise InvalidRequest(
+                f"agent {name!r} does not exist; configured agents: {known}", param="agent", code="agent_not_found"
+            )
         return agent
 
     def resolve(self, model: str | None, agent: str | None) -> tuple[ModelEntry, AgentConfig | None]:
