@@ -2,66 +2,163 @@
 
 Keeps the system prompt and the newest turns, leaves room for the reply, and says how many
 messages it left out, so the client can tell the user instead of truncating in silence.
+
+Tokens are counted by the model itself (`Model.count_tokens`): exactly, with the GGUF's chat
+template and tokenizer, for llama.cpp models; by a documented estimate for remote ones. Every
+history returned was counted whole and fits: the search never trusts a guess or a sum of
+per-message counts, since a chat template's markup is not a sum of its messages.
+
+Cost: the search starts from the newest turn and guesses where the budget runs out from the
+size of the turns, so it counts a handful of candidate histories, each about the size of
+what it keeps, however long the stored conversation is: `bench/context.py` measures it (3-4
+counts, a few ms, for a 1,000-message conversation and a 512-token context).
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from parley.errors import InvalidRequest
 from parley.models.base import ChatMessage, Model
 
+# Reply room when a request sets no max_tokens: a quarter of the context, within these bounds.
+DEFAULT_RESERVE_MIN = 32
+DEFAULT_RESERVE_MAX = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class FittedHistory:
     messages: list[ChatMessage]
-    dropped: int
-    prompt_tokens: int | None  # None when the model's context size is unknown
+    dropped: int  # earlier messages left out (never a system prompt, never the newest user message)
+    prompt_tokens: int | None  # as the model counts them; None when its context size is unknown
 
 
 def reply_reserve(context_size: int, max_tokens: int | None) -> int:
-    """Room kept for the reply: what the request asks for, else a quarter of the context."""
-    if max_tokens is not None:
-        return min(max_tokens, context_size // 2)
-    return max(32, min(1024, context_size // 4))
+    """Room kept for the reply: what the request asks for, else a quarter of the context (32 to
+    1024 tokens); never more than half the context, so a large max_tokens can't starve the prompt.
+
+    A reply asked for more than that may be cut short by the context ("length"), as it would
+    anywhere: the llama.cpp provider gives a reply whatever room the prompt leaves.
+    """
+    half = max(1, context_size // 2)
+    if max_tokens is None:
+        wanted = max(DEFAULT_RESERVE_MIN, min(DEFAULT_RESERVE_MAX, context_size // 4))
+    else:
+        wanted = max(1, max_tokens)
+    return min(wanted, half)
+
+
+def _starts(turns: Sequence[ChatMessage]) -> list[int]:
+    """Where a kept history may begin: the whole conversation, or a user turn, so an answer or a
+    tool result is never kept without its question (strict chat templates refuse that, too)."""
+    users = [index for index, message in enumerate(turns) if message.role == "user"]
+    return [0, *users] if not users or users[0] != 0 else users
 
 
 async def fit_to_context(model: Model, messages: list[ChatMessage], max_tokens: int | None) -> FittedHistory:
+    """The newest part of `messages` that fits the model's context with room for the reply.
+
+    Leading system (developer) messages are always kept; of the rest, the longest run that ends
+    with the conversation and starts at a user turn. Raises InvalidRequest
+    (`context_length_exceeded`) when even the system prompt and the newest user turn don't fit.
+    """
     context = model.context_size
     if context is None:
-        return FittedHistory(messages, 0, None)
-    budget = context - reply_reserve(context, max_tokens)
+        return FittedHistory(list(messages), 0, None)
+    reserve = reply_reserve(context, max_tokens)
+    budget = context - reserve
     lead = 0
     while lead < len(messages) and messages[lead].role in ("system", "developer"):
         lead += 1
     system, turns = messages[:lead], messages[lead:]
+    starts = _starts(turns)
+    counted: dict[int, int] = {}
 
-    async def cost(start: int) -> int:
-        return await model.count_tokens(system + turns[start:])
+    async def cost(candidate: int) -> int:
+        """Prompt tokens when the history starts at starts[candidate]."""
+        if candidate not in counted:
+            counted[candidate] = await model.count_tokens(system + turns[starts[candidate] :])
+        return counted[candidate]
 
-    total = await cost(0)
-    if total <= budget:
-        return FittedHistory(messages, 0, total)
-    # Binary search for the first turn to keep: the earliest start whose suffix fits.
-    low, high = 1, len(turns) - 1
-    best: tuple[int, int] | None = None
-    while low <= high:
-        middle = (low + high) // 2
-        tokens = await cost(middle)
-        if tokens <= budget:
-            best, high = (middle, tokens), middle - 1
+    newest = len(starts) - 1
+    if await cost(newest) > budget:
+        raise await _too_long(model, system, counted[newest], budget, context, reserve)
+    # UTF-8 bytes (plus some for each message's markup) are a cheap guide to where the budget
+    # runs out, steadier across scripts than characters; each guess is then counted for real,
+    # so a poor guide costs time, never a fit.
+    weights = _suffix_weights(turns, starts)
+    system_weight = _weight(system)
+    fits, too_long = newest, -1  # the shortest start known to fit; the longest known not to (-1: none)
+    stalls = 0  # guesses in a row that did little: two hand a step to doubling or bisection
+    while fits - too_long > 1:
+        if stalls < 2:
+            guess = _guess(weights, counted, fits, too_long, budget, system_weight)
+        elif too_long < 0:
+            guess = fits - (newest - fits + 1)  # keep twice as many turns
         else:
-            low = middle + 1
-    if best is None:
-        raise InvalidRequest(
-            f"the newest message alone needs more than the {budget} tokens that model {model.name!r} "
-            f"has for a prompt (context {context}, minus room for the reply)",
+            guess = (fits + too_long) // 2
+        guess = min(max(guess, too_long + 1), fits - 1)
+        kept, span = newest - fits + 1, fits - too_long
+        if await cost(guess) <= budget:
+            fits = guess
+        else:
+            too_long = guess
+        # Progress: twice the turns kept while nothing was too long yet, else half the span left.
+        progressed = newest - fits + 1 >= 2 * kept if too_long < 0 else (fits - too_long) * 2 <= span
+        stalls = 0 if progressed or stalls >= 2 else stalls + 1
+    start = starts[fits]
+    return FittedHistory(system + turns[start:], start, counted[fits])
+
+
+_MARKUP_WEIGHT = 16  # bytes, for the few tokens of markup a chat template puts around each message
+
+
+def _weight(messages: Sequence[ChatMessage]) -> int:
+    return sum(len(message.text().encode()) + _MARKUP_WEIGHT for message in messages)
+
+
+def _suffix_weights(turns: Sequence[ChatMessage], starts: Sequence[int]) -> list[int]:
+    """For each possible start, the weight of the turns from there to the end (decreasing)."""
+    after = [0] * (len(turns) + 1)
+    for index in range(len(turns) - 1, -1, -1):
+        after[index] = after[index + 1] + _weight(turns[index : index + 1])
+    return [after[start] for start in starts]
+
+
+def _guess(
+    weights: list[int], counted: dict[int, int], fits: int, too_long: int, budget: int, system_weight: int
+) -> int:
+    """The earliest start whose tokens, interpolated from the counts so far, stay in budget."""
+    if too_long >= 0 and weights[too_long] > weights[fits]:
+        rate = (counted[too_long] - counted[fits]) / (weights[too_long] - weights[fits])
+    else:
+        rate = counted[fits] / (weights[fits] + system_weight)
+    if rate <= 0:
+        return too_long + 1
+    allowed = weights[fits] + (budget - counted[fits]) / rate
+    # weights decrease along the starts: find the first one at or under the allowed weight.
+    return bisect.bisect_left(weights, -allowed, key=lambda weight: -weight)
+
+
+async def _too_long(
+    model: Model, system: list[ChatMessage], tokens: int, budget: int, context: int, reserve: int
+) -> InvalidRequest:
+    room = f"model {model.name!r} has {budget} for a prompt (a context of {context}, less {reserve} kept for the reply)"
+    if system:
+        alone = await model.count_tokens(system)
+        if alone > budget:
+            return InvalidRequest(
+                f"the system prompt alone needs {alone} tokens; {room}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return InvalidRequest(
+            f"the newest message needs {tokens} tokens with the system prompt; {room}",
             param="message",
             code="context_length_exceeded",
         )
-    start, tokens = best
-    # A kept history starts at a user turn: never with a reply or a tool result cut from its question.
-    while start < len(turns) - 1 and turns[start].role != "user":
-        start += 1
-        tokens = await cost(start)
-    return FittedHistory(system + turns[start:], start, tokens)
+    return InvalidRequest(
+        f"the newest message needs {tokens} tokens; {room}", param="message", code="context_length_exceeded"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from parley.chat.run import Run
 from parley.chat.service import ChatService, with_system_prompt
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.store.conversations import ConversationStore, new_conversation_id
+from parley.store.errors import ConversationNotFound
 
 log = logging.getLogger("parley.chat")
 
@@ -44,16 +46,22 @@ class ConversationChat:
         """
         params = params or GenerationParams()
         entry, agent_config = self._chat.resolve(model, agent)
-        conversation = await self._store.get_or_create(
-            conversation_id or new_conversation_id(), model=entry.config.name, agent=agent
-        )
-        history = await self._store.history(conversation.id)
+        history: list[ChatMessage] = []
+        if conversation_id is not None:
+            # A new, client-chosen id is created below, once the turn is accepted.
+            with contextlib.suppress(ConversationNotFound):
+                history = await self._store.history(conversation_id)
         request = with_system_prompt(
             ChatRequest(messages=[*history, ChatMessage(role="user", content=message)], params=params),
             agent_config,
         )
-        fitted = await fit_to_context(entry.model, request.messages, params.max_tokens)
+        # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
+        max_tokens = params.max_tokens if params.max_tokens is not None else entry.config.defaults.max_tokens
+        fitted = await fit_to_context(entry.model, request.messages, max_tokens)
         run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
+        conversation = await self._store.get_or_create(
+            conversation_id or new_conversation_id(), model=entry.config.name, agent=agent
+        )
         await self._store.append_message(conversation.id, "user", message, agent=agent)
         reply_id = await self._store.start_assistant_message(conversation.id, model=entry.config.name, agent=agent)
         store_reasoning = entry.config.store_reasoning
