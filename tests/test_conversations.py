@@ -17,13 +17,7 @@ from httpx_sse import connect_sse
 
 from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.server import running_parley
-from tests.support.upstream import TEXT_REPLY, Upstream, running_upstream
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
+from tests.support.upstream import TEXT_REPLY, Upstream
 
 
 def models(upstream: Upstream) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ upstream answers well, and what the upstream receives from Parley.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ from tests.support.upstream import (
     TEXT_REPLY,
     TOOL_CALLS,
     Upstream,
-    running_upstream,
+    new_marker,
 )
 
 WEATHER_TOOL: ChatCompletionFunctionToolParam = {
@@ -47,12 +46,6 @@ WEATHER_TOOL: ChatCompletionFunctionToolParam = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def parley(upstream: Upstream) -> Iterator[str]:
     with running_parley(models=upstream.parley_models(), stream_head_wait_seconds=5.0) as url:
         yield url
@@ -61,11 +54,6 @@ def parley(upstream: Upstream) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def client(parley: str) -> OpenAI:
     return OpenAI(base_url=parley + "/v1", api_key="x", max_retries=0, timeout=30)
-
-
-def marker() -> str:
-    """A unique user message, by which the upstream's record of the request is found."""
-    return f"question {uuid.uuid4().hex}"
 
 
 def chat_events(parley: str, **body: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -85,7 +73,7 @@ def chat_events(parley: str, **body: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_streamed_text_arrives_in_pieces_with_usage_when_asked(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     stream = client.chat.completions.create(
         model="text",
         messages=[{"role": "user", "content": ask}],
@@ -109,7 +97,7 @@ def test_streamed_text_arrives_in_pieces_with_usage_when_asked(client: OpenAI, u
 
 
 def test_streamed_text_without_include_usage_has_no_usage_chunk(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     chunks = list(
         client.chat.completions.create(model="text", messages=[{"role": "user", "content": ask}], stream=True)
     )
@@ -121,17 +109,19 @@ def test_streamed_text_without_include_usage_has_no_usage_chunk(client: OpenAI, 
 
 def test_ragged_upstream_framing_still_gives_exact_text(client: OpenAI, parley: str) -> None:
     chunks = list(
-        client.chat.completions.create(model="ragged", messages=[{"role": "user", "content": marker()}], stream=True)
+        client.chat.completions.create(
+            model="ragged", messages=[{"role": "user", "content": new_marker()}], stream=True
+        )
     )
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == RAGGED_PIECES
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    events = chat_events(parley, message=marker(), model="ragged")
+    events = chat_events(parley, message=new_marker(), model="ragged")
     assert [data["text"] for name, data in events if name == "text_delta"] == RAGGED_PIECES
 
 
 def test_non_streamed_text_is_one_whole_reply(client: OpenAI) -> None:
-    reply = client.chat.completions.create(model="text", messages=[{"role": "user", "content": marker()}])
+    reply = client.chat.completions.create(model="text", messages=[{"role": "user", "content": new_marker()}])
     assert reply.object == "chat.completion"
     assert reply.model == "text"
     assert reply.choices[0].message.role == "assistant"
@@ -143,7 +133,7 @@ def test_non_streamed_text_is_one_whole_reply(client: OpenAI) -> None:
 
 
 def test_upstream_length_finish_reaches_the_client(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     reply = client.chat.completions.create(
         model="text", messages=[{"role": "user", "content": ask}], max_completion_tokens=2
     )
@@ -153,7 +143,7 @@ def test_upstream_length_finish_reaches_the_client(client: OpenAI, upstream: Ups
 
 
 def test_sampling_and_format_parameters_reach_the_upstream(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     schema: ResponseFormatJSONSchema = {
         "type": "json_schema",
         "json_schema": {"name": "answer", "schema": {"type": "object"}},
@@ -185,13 +175,13 @@ def test_sampling_and_format_parameters_reach_the_upstream(client: OpenAI, upstr
 
 
 def test_single_stop_string_is_forwarded_as_a_list(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     client.chat.completions.create(model="text", messages=[{"role": "user", "content": ask}], stop="END")
     assert upstream.find(ask).body["stop"] == ["END"]
 
 
 def test_configured_upstream_name_key_and_headers_are_used(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     reply = client.chat.completions.create(model="keyed", messages=[{"role": "user", "content": ask}])
     assert reply.model == "keyed"  # the client sees Parley's name for the model
     assert reply.choices[0].message.content == TEXT_REPLY
@@ -200,7 +190,7 @@ def test_configured_upstream_name_key_and_headers_are_used(client: OpenAI, upstr
     assert seen.headers["Authorization"] == "Bearer sk-upstream-secret"
     assert seen.headers["X-Org"] == "parley-tests"
     # A model without a key sends no Authorization header at all.
-    ask = marker()
+    ask = new_marker()
     client.chat.completions.create(model="text", messages=[{"role": "user", "content": ask}])
     assert "Authorization" not in upstream.find(ask).headers
 
@@ -209,7 +199,7 @@ def test_configured_upstream_name_key_and_headers_are_used(client: OpenAI, upstr
 
 
 def test_streamed_tool_call_deltas_reach_the_client(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     chunks = list(
         client.chat.completions.create(
             model="tools",
@@ -242,7 +232,7 @@ def test_streamed_tool_call_deltas_reach_the_client(client: OpenAI, upstream: Up
 
 
 def test_non_streamed_tool_calls_are_assembled(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     choice: ChatCompletionNamedToolChoiceParam = {"type": "function", "function": {"name": "get_weather"}}
     reply = client.chat.completions.create(
         model="tools",
@@ -260,7 +250,7 @@ def test_non_streamed_tool_calls_are_assembled(client: OpenAI, upstream: Upstrea
 
 
 def test_a_tool_result_turn_is_forwarded_whole(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     call: ChatCompletionMessageFunctionToolCallParam = {
         "id": "call_1",
         "type": "function",
@@ -280,7 +270,7 @@ def test_a_tool_result_turn_is_forwarded_whole(client: OpenAI, upstream: Upstrea
 
 
 def test_chat_api_emits_whole_tool_calls(parley: str) -> None:
-    events = chat_events(parley, message=marker(), model="tools")
+    events = chat_events(parley, message=new_marker(), model="tools")
     names = [name for name, _ in events]
     assert names == ["message_start", "tool_call", "tool_call", "message_complete"]
     calls = [data for name, data in events if name == "tool_call"]
@@ -296,7 +286,7 @@ def test_chat_api_emits_whole_tool_calls(parley: str) -> None:
 @pytest.mark.parametrize("model", ["reasoning", "reasoning-field"])
 def test_reasoning_streams_as_reasoning_content(client: OpenAI, model: str) -> None:
     chunks = list(
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": marker()}], stream=True)
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": new_marker()}], stream=True)
     )
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     reasoning = [d.model_extra.get("reasoning_content") for d in deltas if d.model_extra]
@@ -305,7 +295,7 @@ def test_reasoning_streams_as_reasoning_content(client: OpenAI, model: str) -> N
 
 
 def test_non_streamed_reply_carries_reasoning_content(client: OpenAI) -> None:
-    reply = client.chat.completions.create(model="reasoning", messages=[{"role": "user", "content": marker()}])
+    reply = client.chat.completions.create(model="reasoning", messages=[{"role": "user", "content": new_marker()}])
     message = reply.choices[0].message
     assert message.content == REASONING_ANSWER
     assert message.model_extra is not None
@@ -313,7 +303,7 @@ def test_non_streamed_reply_carries_reasoning_content(client: OpenAI) -> None:
 
 
 def test_chat_api_streams_reasoning_then_text(parley: str) -> None:
-    events = chat_events(parley, message=marker(), model="reasoning")
+    events = chat_events(parley, message=new_marker(), model="reasoning")
     names = [name for name, _ in events]
     assert names == ["message_start", "reasoning_delta", "reasoning_delta", "text_delta", "message_complete"]
     assert [data["text"] for name, data in events if name == "reasoning_delta"] == REASONING_PIECES
@@ -324,7 +314,7 @@ def test_chat_api_streams_reasoning_then_text(parley: str) -> None:
 
 
 def test_chat_api_streams_text_and_completes_with_usage(parley: str, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     events = chat_events(parley, message=ask, model="text", temperature=0.5, max_tokens=40)
     assert events[0][0] == "message_start"
     assert events[0][1]["model"] == "text"
@@ -343,7 +333,7 @@ def test_chat_api_streams_text_and_completes_with_usage(parley: str, upstream: U
 
 def test_chat_api_json_reply(parley: str) -> None:
     reply = httpx.post(
-        parley + "/api/chat", json={"message": marker(), "model": "reasoning", "stream": False}, timeout=30
+        parley + "/api/chat", json={"message": new_marker(), "model": "reasoning", "stream": False}, timeout=30
     )
     assert reply.status_code == 200
     data = reply.json()
@@ -360,7 +350,7 @@ def test_a_whole_json_answer_to_a_stream_request_is_streamed_on(client: OpenAI, 
     chunks = list(
         client.chat.completions.create(
             model="json-only",
-            messages=[{"role": "user", "content": marker()}],
+            messages=[{"role": "user", "content": new_marker()}],
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -370,14 +360,14 @@ def test_a_whole_json_answer_to_a_stream_request_is_streamed_on(client: OpenAI, 
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 3
     reply = httpx.post(
-        parley + "/api/chat", json={"message": marker(), "model": "json-only", "stream": False}, timeout=30
+        parley + "/api/chat", json={"message": new_marker(), "model": "json-only", "stream": False}, timeout=30
     )
     assert (reply.json()["content"], reply.json()["reasoning"]) == (REASONING_ANSWER, "".join(REASONING_PIECES))
 
 
 def test_whole_json_tool_calls_are_kept_apart(client: OpenAI) -> None:
     reply = client.chat.completions.create(
-        model="json-tools", messages=[{"role": "user", "content": marker()}], tools=[WEATHER_TOOL]
+        model="json-tools", messages=[{"role": "user", "content": new_marker()}], tools=[WEATHER_TOOL]
     )
     assert reply.choices[0].finish_reason == "tool_calls"
     calls = reply.choices[0].message.tool_calls

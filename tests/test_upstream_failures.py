@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,17 +20,11 @@ from openai import OpenAI, Stream
 from openai.types.chat import ChatCompletionChunk
 
 from tests.support.server import running_parley
-from tests.support.upstream import ERROR_REPLIES, TEXT_REPLY, Upstream, running_upstream
+from tests.support.upstream import ERROR_REPLIES, TEXT_REPLY, Upstream, new_marker
 
 PING_SECONDS = 0.2
 # Long enough for every early failure here (the slowest: a 0.5 s timeout), short enough to wait out.
 HEAD_WAIT = 2.0
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with running_upstream(stall_seconds=1.5) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +38,6 @@ def parley(upstream: Upstream) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def client(parley: str) -> OpenAI:
     return OpenAI(base_url=parley + "/v1", api_key="x", max_retries=0, timeout=30)
-
-
-def marker() -> str:
-    return f"question {uuid.uuid4().hex}"
 
 
 def completion_body(model: str, ask: str, stream: bool) -> dict[str, Any]:
@@ -97,18 +86,18 @@ def test_failure_before_first_event_is_an_http_error(
     exc: type[openai.APIStatusError],
     words: str,
 ) -> None:
-    reply = httpx.post(parley + "/v1/chat/completions", json=completion_body(model, marker(), stream), timeout=30)
+    reply = httpx.post(parley + "/v1/chat/completions", json=completion_body(model, new_marker(), stream), timeout=30)
     error = assert_openai_error(reply, status, error_type, code)
     assert words in error["message"]
     with pytest.raises(exc) as raised:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": marker()}], stream=stream)
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": new_marker()}], stream=stream)
     assert raised.value.status_code == status
     assert words in raised.value.message
 
 
 def test_upstream_rejection_names_the_offending_param(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(model="status-400", messages=[{"role": "user", "content": marker()}])
+        client.chat.completions.create(model="status-400", messages=[{"role": "user", "content": new_marker()}])
     assert raised.value.code == ERROR_REPLIES["status-400"][1]["error"]["code"]
     assert raised.value.param == "messages"
 
@@ -116,7 +105,7 @@ def test_upstream_rejection_names_the_offending_param(client: OpenAI) -> None:
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
 def test_chat_api_failure_before_first_event_is_an_http_error(parley: str, stream: bool) -> None:
     reply = httpx.post(
-        parley + "/api/chat", json={"message": marker(), "model": "status-500", "stream": stream}, timeout=30
+        parley + "/api/chat", json={"message": new_marker(), "model": "status-500", "stream": stream}, timeout=30
     )
     assert_openai_error(reply, 502, "upstream_error", "upstream_error")
 
@@ -144,7 +133,9 @@ def test_failure_mid_stream_raises_in_the_openai_client(
     client: OpenAI, model: str, before: str, words: str, code: str
 ) -> None:
     received: list[str] = []
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": marker()}], stream=True)
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": new_marker()}], stream=True
+    )
     with pytest.raises(openai.APIError) as raised:
         read_text(stream, received)
     assert "".join(received) == before
@@ -157,7 +148,7 @@ def test_failure_mid_stream_raises_in_the_openai_client(
 def test_failure_mid_stream_ends_v1_stream_with_error_chunk(
     parley: str, model: str, before: str, words: str, code: str
 ) -> None:
-    body = completion_body(model, marker(), stream=True)
+    body = completion_body(model, new_marker(), stream=True)
     with httpx.stream("POST", parley + "/v1/chat/completions", json=body, timeout=30) as reply:
         assert reply.status_code == 200
         data = [line.removeprefix("data: ") for line in reply.iter_lines() if line.startswith("data: ")]
@@ -176,7 +167,7 @@ def test_failure_mid_stream_ends_chat_api_stream_with_error_event(
 ) -> None:
     with (
         httpx.Client(timeout=30) as http,
-        connect_sse(http, "POST", parley + "/api/chat", json={"message": marker(), "model": model}) as source,
+        connect_sse(http, "POST", parley + "/api/chat", json={"message": new_marker(), "model": model}) as source,
     ):
         assert source.response.status_code == 200
         events = [(event.event, json.loads(event.data)) for event in source.iter_sse() if event.data]
@@ -195,9 +186,11 @@ def test_failure_mid_stream_ends_chat_api_stream_with_error_event(
     [("error-mid", 502, "upstream_error"), ("drop", 502, "upstream_error"), ("stall-timeout", 504, "upstream_timeout")],
 )
 def test_failure_during_a_json_reply_is_an_http_error(parley: str, model: str, status: int, code: str) -> None:
-    reply = httpx.post(parley + "/v1/chat/completions", json=completion_body(model, marker(), False), timeout=30)
+    reply = httpx.post(parley + "/v1/chat/completions", json=completion_body(model, new_marker(), False), timeout=30)
     assert_openai_error(reply, status, "upstream_error", code)
-    reply = httpx.post(parley + "/api/chat", json={"message": marker(), "model": model, "stream": False}, timeout=30)
+    reply = httpx.post(
+        parley + "/api/chat", json={"message": new_marker(), "model": model, "stream": False}, timeout=30
+    )
     assert_openai_error(reply, status, "upstream_error", code)
 
 
@@ -205,7 +198,7 @@ def test_failure_during_a_json_reply_is_an_http_error(parley: str, model: str, s
 
 
 def test_keepalive_comments_flow_while_the_upstream_is_silent(parley: str) -> None:
-    body = completion_body("stall", marker(), stream=True)
+    body = completion_body("stall", new_marker(), stream=True)
     with httpx.stream("POST", parley + "/v1/chat/completions", json=body, timeout=30) as reply:
         assert reply.status_code == 200
         lines = [line for line in reply.iter_lines() if line]
@@ -221,7 +214,7 @@ def test_keepalive_comments_flow_while_the_upstream_is_silent(parley: str) -> No
 def test_chat_api_stream_survives_a_stall_shorter_than_the_read_timeout(parley: str) -> None:
     with (
         httpx.Client(timeout=30) as http,
-        connect_sse(http, "POST", parley + "/api/chat", json={"message": marker(), "model": "stall"}) as source,
+        connect_sse(http, "POST", parley + "/api/chat", json={"message": new_marker(), "model": "stall"}) as source,
     ):
         events = [(event.event, json.loads(event.data)) for event in source.iter_sse() if event.data]
     assert "".join(data["text"] for name, data in events if name == "text_delta") == "Thinking done"
@@ -239,12 +232,12 @@ def assert_upstream_cancelled(upstream: Upstream, ask: str) -> None:
 
 
 def assert_still_serves(client: OpenAI) -> None:
-    reply = client.chat.completions.create(model="text", messages=[{"role": "user", "content": marker()}])
+    reply = client.chat.completions.create(model="text", messages=[{"role": "user", "content": new_marker()}])
     assert reply.choices[0].message.content == TEXT_REPLY
 
 
 def test_closing_an_openai_stream_cancels_the_upstream(client: OpenAI, upstream: Upstream) -> None:
-    ask = marker()
+    ask = new_marker()
     stream = client.chat.completions.create(model="slow", messages=[{"role": "user", "content": ask}], stream=True)
     pieces = 0
     for chunk in stream:
@@ -261,7 +254,7 @@ def test_closing_an_openai_stream_cancels_the_upstream(client: OpenAI, upstream:
 def test_closing_a_chat_api_stream_cancels_the_upstream(
     parley: str, client: OpenAI, upstream: Upstream, model: str
 ) -> None:
-    ask = marker()
+    ask = new_marker()
     with (
         httpx.Client(timeout=30) as http,
         connect_sse(http, "POST", parley + "/api/chat", json={"message": ask, "model": model}) as source,
@@ -278,7 +271,7 @@ def test_closing_a_chat_api_stream_cancels_the_upstream(
 def test_a_client_leaving_a_json_request_cancels_the_upstream(
     parley: str, client: OpenAI, upstream: Upstream, path: str, model: str
 ) -> None:
-    ask = marker()
+    ask = new_marker()
     if path.startswith("/v1"):
         body = completion_body(model, ask, stream=False)
     else:
@@ -294,7 +287,7 @@ def test_a_client_leaving_before_the_first_event_cancels_the_upstream(
     parley: str, client: OpenAI, upstream: Upstream, path: str
 ) -> None:
     # The client gives up while Parley still holds the status line back for the first event.
-    ask = marker()
+    ask = new_marker()
     body = (
         completion_body("silent-long", ask, stream=True)
         if path.startswith("/v1")

@@ -18,7 +18,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.support.server import running_parley
-from tests.support.upstream import TEXT_REPLY, Upstream, running_upstream
+from tests.support.upstream import TEXT_REPLY, Upstream
 from tests.support.ws import (
     AGENTS,
     assert_error,
@@ -32,12 +32,6 @@ from tests.support.ws import (
     text_of,
     until_event,
 )
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

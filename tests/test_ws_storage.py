@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect as connect_async
 from parley.store import async_url
 from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.server import running_parley
-from tests.support.upstream import TEXT_REPLY, Upstream, running_upstream
+from tests.support.upstream import TEXT_REPLY, Upstream
 from tests.support.ws import (
     AGENTS,
     WAIT,
@@ -41,12 +41,6 @@ from tests.support.ws import (
 )
 
 pytest_plugins = ["tests.support.databases"]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
 
 
 @pytest.fixture

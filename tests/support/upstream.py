@@ -36,6 +36,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -419,6 +420,11 @@ class Upstream:
         elif answer.model != "cut":
             raise AssertionError(f"no script for model {answer.model!r}")
         answer.seen.completed = True
+
+
+def new_marker() -> str:
+    """A unique user message, by which the upstream's record of the request is found."""
+    return f"question {uuid.uuid4().hex}"
 
 
 def closed_port() -> int:
