@@ -4,7 +4,6 @@ The same suite runs over SQLite and PostgreSQL (the `database_url` fixture)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -12,10 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from httpx_sse import connect_sse
 
-from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.server import running_parley
 from tests.support.upstream import TEXT_REPLY, Upstream
 
@@ -222,19 +219,6 @@ def test_conversations_survive_a_restart(upstream: Upstream, database_url: str) 
         assert [m["content"] for m in stored["messages"]] == ["restart-1: remember this", TEXT_REPLY]
         say(http, "restart-2: still there?", conversation_id=conversation)
         assert sent_messages(upstream, "restart-2")[0] == ("user", "restart-1: remember this")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """Several servers share PostgreSQL (a SQLite file belongs to one server)."""
-    try:
-        url = asyncio.run(create_postgres_database())
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield url
-    finally:
-        asyncio.run(drop_postgres_database(url))
 
 
 def test_two_servers_share_conversations(upstream: Upstream, postgres_url: str) -> None:

@@ -40,6 +40,7 @@ def parley() -> Iterator[str]:
         models = [
             {"name": "gpt-oss", **base},
             {"name": "gpt-oss-private", "send_reasoning": False, **base},
+            {"name": "gpt-oss-unstored", "store_reasoning": False, **base},
             {"name": "raw", "harmony": "off", **base},
         ]
         with running_parley(models=models) as url:
@@ -140,3 +141,17 @@ def test_plain_text_and_forced_off_pass_through_untouched(client: openai.OpenAI)
     assert reply.choices[0].message.content == plain
     raw = client.chat.completions.create(model="raw", messages=user(ANSWER))
     assert raw.choices[0].message.content == ANSWER
+
+
+def test_reasoning_storage_follows_the_model_config(parley: str) -> None:
+    with httpx.Client(base_url=parley) as http:
+        kept = http.post("/api/chat", json={"message": ANSWER, "model": "gpt-oss", "stream": False}).json()
+        withheld = http.post("/api/chat", json={"message": ANSWER, "model": "gpt-oss-unstored", "stream": False}).json()
+        assert kept["reasoning"] == withheld["reasoning"] == "User asks for 2+2. Simple arithmetic."
+        stored = {
+            reply["conversation_id"]: http.get(f"/api/conversations/{reply['conversation_id']}").json()["messages"][-1]
+            for reply in (kept, withheld)
+        }
+    assert stored[kept["conversation_id"]]["reasoning"] == "User asks for 2+2. Simple arithmetic."
+    assert stored[withheld["conversation_id"]]["reasoning"] is None
+    assert stored[withheld["conversation_id"]]["content"] == "2 + 2 = 4."

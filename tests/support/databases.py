@@ -94,6 +94,20 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await drop_postgres_database(url)
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database, for tests that need PostgreSQL itself (several servers
+    sharing one database; a SQLite file belongs to one server)."""
+    try:
+        url = asyncio.run(create_postgres_database())
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_postgres_database(url))
+
+
 @pytest.fixture(scope="session")
 def _postgres_store_url() -> Iterator[str | PostgresUnavailable]:
     """A migrated database shared by the run's `store` tests (emptied before each), or why there is none."""
