@@ -1,19 +1,22 @@
 # The two commands of the quick start: `make serve` and `make test`.
 .PHONY: setup serve test lint bench
 
+# uv as installed by scripts/bootstrap.sh, on PATH or not.
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+
 setup:
 	@scripts/bootstrap.sh
 
 serve: setup
-	uv run parley serve
+	$(UV) run parley serve
 
 lint: setup
-	uv run ruff check src tests bench
-	uv run ruff format --check src tests bench
-	uv run mypy
+	$(UV) run ruff check src tests bench
+	$(UV) run ruff format --check src tests bench
+	$(UV) run mypy
 
 test: lint
-	uv run pytest
+	$(UV) run pytest
 
 bench: setup
-	uv run python bench/overhead.py
+	for script in bench/*.py; do $(UV) run python "$$script" || exit 1; done
