@@ -14,27 +14,27 @@ from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
 
 
-def _settings(request: HTTPConnection) -> Settings:
+async def _settings(request: HTTPConnection) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _registry(request: HTTPConnection) -> ModelRegistry:
+async def _registry(request: HTTPConnection) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def _conversation_chat(request: HTTPConnection) -> ConversationChat:
+async def _conversation_chat(request: HTTPConnection) -> ConversationChat:
     chat: ConversationChat = request.app.state.conversation_chat
     return chat
 
 
-def _store(request: HTTPConnection) -> ConversationStore:
+async def _store(request: HTTPConnection) -> ConversationStore:
     store: ConversationStore = request.app.state.store
     return store
 
 
-def _chat(request: HTTPConnection) -> ChatService:
+async def _chat(request: HTTPConnection) -> ChatService:
     chat: ChatService = request.app.state.chat
     return chat
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -123,42 +124,36 @@ class ChunkEncoder:
             + ',"system_fingerprint":null,"choices":[{"index":0,"delta":'
         ).encode()
         self._open_suffix = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        self._text_head = b"data: " + self._prefix + b'{"content":'
+        self._text_tail = b"}" + self._open_suffix
         self._usage: Usage | None = None
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         suffix = (
-            self._open_suffix
-            if finish is None
-            else f',"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n'.encode()
+            self._open_suffix if finish is None else f',"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n'.encode()
         )
         return b"data: " + self._prefix + json.dumps(delta).encode() + suffix
 
     def opening(self) -> Iterator[bytes]:
         yield self._chunk({"role": "assistant", "content": ""})
 
-    def encode(self, event: StreamEvent) -> Iterator[bytes]:
-        if isinstance(event, TextDelta):
-            yield (
-                b"data: "
-                + self._prefix
-                + b'{"content":'
-                + json.dumps(event.text).encode()
-                + b"}"
-                + self._open_suffix
-            )
-        elif isinstance(event, ReasoningDelta):
-            yield self._chunk({"reasoning_content": event.text})
-        elif isinstance(event, ToolCallDelta):
+    def encode(self, event: StreamEvent) -> tuple[bytes, ...]:
+        if isinstance(event, TextDelta):  # the token path: a tuple, not a generator, and no dict
+            return (self._text_head + encode_basestring_ascii(event.text).encode() + self._text_tail,)
+        if isinstance(event, ReasoningDelta):
+            return (self._chunk({"reasoning_content": event.text}),)
+        if isinstance(event, ToolCallDelta):
             call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
             if event.id is not None:
                 call["id"], call["type"] = event.id, "function"
             if event.name is not None:
                 call["function"]["name"] = event.name
-            yield self._chunk({"tool_calls": [call]})
-        elif isinstance(event, Usage):
+            return (self._chunk({"tool_calls": [call]}),)
+        if isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
-            yield self._chunk({}, _finish_reason(self._run))
+            return (self._chunk({}, _finish_reason(self._run)),)
+        return ()
 
     def closing(self) -> Iterator[bytes]:
         if self._include_usage:

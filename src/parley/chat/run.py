@@ -80,6 +80,11 @@ class Run:
                 self.outcome, self.error = "failed", str(error) or type(error).__name__
                 raise error
 
+    @property
+    def head_ready(self) -> bool:
+        """Iterating will give the first event (or end) at once, without waiting for the model."""
+        return self._head is not None and self._head.done()
+
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         try:
             if self._head is not None:
