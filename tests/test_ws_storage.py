@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from sqlalchemy.pool import NullPool
 from websockets.asyncio.client import connect as connect_async
 
 from parley.store import async_url
-from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.server import running_parley
 from tests.support.upstream import TEXT_REPLY, Upstream
 from tests.support.ws import (
@@ -151,18 +150,6 @@ async def lock_waits(engine: AsyncEngine) -> int:
     query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     async with engine.connect() as probe:
         return int(await probe.scalar(text(query)) or 0)
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    try:
-        url = await create_postgres_database()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield url
-    finally:
-        await drop_postgres_database(url)
 
 
 @pytest.mark.parametrize("how", ["cancel", "leave"])

@@ -153,16 +153,9 @@ class ConversationStore:
         async with self._read() as session:
             row = await self._conversation(session, conversation_id)
             messages = await session.execute(_messages_of(conversation_id))
-            return ConversationRecord(
-                id=row.id,
-                title=row.title,
-                model=row.model,
-                agent=row.agent,
-                message_count=row.message_count,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                messages=tuple(_message(m) for m in messages),
-            )
+            summary = _summary(row)
+            fields = {field.name: getattr(summary, field.name) for field in dataclasses.fields(summary)}
+            return ConversationRecord(**fields, messages=tuple(_message(m) for m in messages))
 
     async def history(self, conversation_id: str) -> list[ChatMessage]:
         """The messages to send a model: finished ones (cancelled replies keep their partial text).
