@@ -29,8 +29,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = tmp_path_factory.mktemp("serve") / "parley.toml"
-    config.write_text(CONFIG)
+    folder = tmp_path_factory.mktemp("serve")
+    config = folder / "parley.toml"
+    config.write_text(f'data_dir = "{folder}"\n' + CONFIG)
     with parley_serve(config) as url:
         yield url
 
