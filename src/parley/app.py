@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="A streaming chat backend for LLM applications.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(openai.router)
     app.include_router(chat.router)
