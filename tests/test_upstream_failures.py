@@ -300,3 +300,13 @@ def test_a_client_leaving_before_the_first_event_cancels_the_upstream(
         httpx.post(parley + path, json=body, timeout=httpx.Timeout(30, read=HEAD_WAIT / 4))
     assert_upstream_cancelled(upstream, ask)
     assert_still_serves(client)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_rate_limit_passes_its_retry_after_on(parley: str, stream: bool) -> None:
+    reply = httpx.post(parley + "/v1/chat/completions", json=completion_body("status-429", new_marker(), stream))
+    assert reply.status_code == 429
+    assert reply.headers["retry-after"] == "7", "clients learn when to come back"
+    assert reply.json()["error"]["code"] == "rate_limited"
+    other = httpx.post(parley + "/v1/chat/completions", json=completion_body("status-500", new_marker(), stream))
+    assert "retry-after" not in other.headers

@@ -12,12 +12,20 @@ class ParleyError(Exception):
     error_type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        self.headers = headers or {}  # sent with the HTTP error, e.g. Retry-After
 
     def to_body(self) -> dict[str, Any]:
         return {

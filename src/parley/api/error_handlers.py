@@ -20,7 +20,7 @@ _UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|null)$|\[")
 
 
 def _response(error: ParleyError, status: int | None = None) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=status or error.status_code)
+    return JSONResponse(error.to_body(), status_code=status or error.status_code, headers=error.headers)
 
 
 async def _parley_error(_: Request, exc: Exception) -> JSONResponse:

@@ -103,7 +103,7 @@ class OpenAICompatModel(Model):
         try:
             async with self._session.post(self._url, data=self._body(request)) as response:
                 if response.status != 200:
-                    raise _status_error(response.status, await response.read())
+                    raise _status_error(response.status, await response.read(), response.headers.get("Retry-After"))
                 state = _StreamState()
                 if response.content_type == "application/json":
                     # A server that ignores `stream` answers with the whole completion at once.
@@ -243,7 +243,7 @@ def _error_message(payload: Any) -> str:
     return str(message) if message else json.dumps(payload)[:500]
 
 
-def _status_error(status: int, body: bytes) -> ParleyError:
+def _status_error(status: int, body: bytes, retry_after: str | None = None) -> ParleyError:
     try:
         payload = json.loads(body)
     except ValueError:
@@ -261,7 +261,8 @@ def _status_error(status: int, body: bytes) -> ParleyError:
             code=code if isinstance(code, str) else "upstream_rejected",
         )
     if status == 429:
-        return RateLimited(message)
+        # The upstream's Retry-After tells clients (the openai client honours it) when to come back.
+        return RateLimited(message, headers={"Retry-After": retry_after} if retry_after else None)
     if status in (408, 504):
         return UpstreamTimeout(message)
     return UpstreamError(message)
