@@ -11,8 +11,8 @@ from sse_starlette import ServerSentEvent
 
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.chat_schema import STREAM_EVENT_MODELS, ChatBody, ChatReply, UsageOut, timing_out, tool_calls_out
-from parley.api.deps import ConversationChatDep, SettingsDep
-from parley.api.streaming import close_run, collect_unless_disconnected, sse_events, sse_response
+from parley.api.deps import ConversationChatDep
+from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.errors import ParleyError
 from parley.events import StreamEvent
 from parley.models.base import GenerationParams
@@ -65,9 +65,7 @@ class _SSEChatEvents:
 
 
 @router.post("/chat", response_model=ChatReply, responses=_STREAM_DOC)
-async def chat(
-    body: ChatBody, request: Request, conversations: ConversationChatDep, settings: SettingsDep
-) -> Response | ChatReply:
+async def chat(body: ChatBody, request: Request, conversations: ConversationChatDep) -> Response | ChatReply:
     turn = await conversations.start(
         body.message,
         conversation_id=body.conversation_id,
@@ -87,10 +85,5 @@ async def chat(
             usage=UsageOut.of(run.usage),
             timing=timing_out(run),
         )
-    try:
-        await run.wait_for_head(settings.stream_head_wait_seconds)
-    except BaseException:
-        await close_run(run)
-        raise
     sse = _SSEChatEvents(events)
-    return sse_response(request, sse_events(run, sse.encode, sse.opening(), sse.closing, sse.error))
+    return await stream_run(request, run, sse.encode, sse.opening(), sse.closing, sse.error)

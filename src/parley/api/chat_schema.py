@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,9 +131,6 @@ def stream_event_schemas() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
-
-
-StreamEventName = Literal["message_start", "text_delta", "reasoning_delta", "tool_call", "message_complete", "error"]
 
 
 def tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:

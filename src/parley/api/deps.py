@@ -9,14 +9,8 @@ from starlette.requests import HTTPConnection
 
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
-from parley.config import Settings
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
-
-
-async def _settings(request: HTTPConnection) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def _registry(request: HTTPConnection) -> ModelRegistry:
@@ -39,7 +33,6 @@ async def _chat(request: HTTPConnection) -> ChatService:
     return chat
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]

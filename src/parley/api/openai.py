@@ -8,30 +8,23 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from parley.api.deps import ChatServiceDep, RegistryDep, SettingsDep
+from parley.api.deps import ChatServiceDep, RegistryDep
 from parley.api.openai_wire import ChatCompletionBody, ChunkEncoder, completion
-from parley.api.streaming import close_run, collect_unless_disconnected, sse_events, sse_response
+from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.models.registry import ModelState
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    body: ChatCompletionBody, request: Request, chat: ChatServiceDep, settings: SettingsDep
-) -> Response:
+async def chat_completions(body: ChatCompletionBody, request: Request, chat: ChatServiceDep) -> Response:
     run = chat.start(body.to_request(), model=body.model)
     if not body.stream:
         await collect_unless_disconnected(run, request)
         return JSONResponse(completion(run))
-    try:
-        await run.wait_for_head(settings.stream_head_wait_seconds)
-    except BaseException:
-        await close_run(run)
-        raise
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     encoder = ChunkEncoder(run, include_usage)
-    return sse_response(request, sse_events(run, encoder.encode, encoder.opening(), encoder.closing, encoder.error))
+    return await stream_run(request, run, encoder.encode, encoder.opening(), encoder.closing, encoder.error)
 
 
 @router.get("/models")

@@ -69,8 +69,27 @@ async def sse_events(
         await close_run(run)
 
 
-def sse_response(request: Request, body: AsyncGenerator[SSEMessage, None]) -> SSEResponse:
-    return SSEResponse(body, ping_seconds=request.app.state.settings.sse_ping_seconds)
+async def stream_run(
+    request: Request,
+    run: Run,
+    encode: EventEncoder,
+    opening: Iterable[SSEMessage],
+    closing: Callable[[], Iterable[SSEMessage]],
+    on_error: Callable[[ParleyError], SSEMessage],
+) -> SSEResponse:
+    """An SSE response for `run`, once its first event came (or the head wait ran out).
+
+    A run that fails within the head wait raises here, before any status line is sent, so
+    the client gets a real HTTP error; the run is closed either way.
+    """
+    settings = request.app.state.settings
+    try:
+        await run.wait_for_head(settings.stream_head_wait_seconds)
+    except BaseException:
+        await close_run(run)
+        raise
+    body = sse_events(run, encode, opening, closing, on_error)
+    return SSEResponse(body, ping_seconds=settings.sse_ping_seconds)
 
 
 class SSEResponse(Response):

@@ -85,6 +85,11 @@ class ChatRequest:
     response_format: dict[str, Any] | None = None
 
 
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, the usual rule of thumb for English text."""
+    return (len(text) + 3) // 4
+
+
 class Model(ABC):
     """A chat model. `stream()` yields typed events and stops its generation when closed."""
 
@@ -107,7 +112,7 @@ class Model(ABC):
     async def count_tokens(self, messages: list[ChatMessage]) -> int:
         """Prompt tokens these messages take. This default is an estimate for models whose
         tokenizer Parley can't run: four characters a token, plus four a message for the markup."""
-        return sum((len(message.text()) + 3) // 4 + 4 for message in messages)
+        return sum(estimate_tokens(message.text()) + 4 for message in messages)
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:

@@ -8,17 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 
 from parley.config import FakeConfig
 from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
-from parley.models.base import ChatRequest, Model
+from parley.models.base import ChatRequest, Model, estimate_tokens
 
 
 def _chunks(text: str, size: int) -> Iterator[str]:
     for start in range(0, len(text), size):
         yield text[start : start + size]
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token, the usual rule of thumb for English text."""
-    return max(1, (len(text) + 3) // 4) if text else 0
 
 
 class FakeModel(Model):
