@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from parley.chat.context import fit_to_context, reply_reserve
 from parley.config import FakeConfig, LlamaCppConfig
 from parley.errors import InvalidRequest
-from parley.events import StreamEvent, TextDelta, Usage
+from parley.events import EventBatch, TextDelta, Usage
 from parley.models.base import ChatMessage, ChatRequest, FunctionCall, GenerationParams, Model, ToolCall
 from parley.models.fake import FakeModel
 from parley.models.llamacpp import LlamaCppModel
@@ -166,9 +166,9 @@ class ScriptModel(Model):
         self.counts += 1
         return self.tokens(messages)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
         raise NotImplementedError("only counted here, never asked for a reply")
-        yield TextDelta("")
+        yield [TextDelta("")]
 
 
 TEXTS = st.text(alphabet=st.sampled_from(["a", " ", "é", "語", "🙂", "\n"]), max_size=300)
@@ -298,7 +298,7 @@ async def test_fitted_prompt_fits_by_the_real_tokenizer(smollm2: LlamaCppModel, 
         first = await anext(stream)
     finally:
         await stream.aclose()  # stops the generation
-    assert isinstance(first, (TextDelta, Usage))
+    assert first and isinstance(first[0], (TextDelta, Usage))
 
 
 @pytest.fixture(scope="module")

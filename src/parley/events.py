@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,3 +45,6 @@ class Finish:
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+# What became available together: one upstream read, or the tokens llama.cpp made while the
+# consumer was busy. Passing events on in batches keeps the per-token cost of every layer low.
+EventBatch = Sequence[StreamEvent]

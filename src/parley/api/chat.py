@@ -46,21 +46,21 @@ class _SSEChatEvents:
         self._events = events
         self._sequence = 0
 
-    def _sse(self, named: NamedEvent) -> ServerSentEvent:
+    def _sse(self, named: NamedEvent) -> bytes:
         self._sequence += 1
         name, payload = named
-        return ServerSentEvent(data=payload.model_dump_json(), event=name, id=str(self._sequence))
+        return ServerSentEvent(data=payload.model_dump_json(), event=name, id=str(self._sequence)).encode()
 
-    def opening(self) -> Iterator[ServerSentEvent]:
+    def opening(self) -> Iterator[bytes]:
         return map(self._sse, self._events.opening())
 
-    def encode(self, event: StreamEvent) -> Iterator[ServerSentEvent]:
+    def encode(self, event: StreamEvent) -> Iterator[bytes]:
         return map(self._sse, self._events.encode(event))
 
-    def closing(self) -> Iterator[ServerSentEvent]:
+    def closing(self) -> Iterator[bytes]:
         return map(self._sse, self._events.closing())
 
-    def error(self, error: ParleyError) -> ServerSentEvent:
+    def error(self, error: ParleyError) -> bytes:
         return self._sse(self._events.error(error))
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
 from datetime import UTC, datetime
 
 import anyio
 from fastapi import Request
-from sse_starlette import ServerSentEvent
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -19,13 +19,12 @@ from parley.events import StreamEvent
 
 log = logging.getLogger("parley.stream")
 
-SSEMessage = bytes | ServerSentEvent
 # A body message of no bytes: send what is pending now rather than with what follows. An SSE
 # body has everything up to its first FLUSH ready at once (SSEResponse sends that before it
 # starts its tasks): sse_events flushes after the opening events if the model's first event
-# has yet to arrive, and after that first event in any case.
+# has yet to arrive, and after that first batch in any case.
 FLUSH = b""
-EventEncoder = Callable[[StreamEvent], Iterable[SSEMessage]]
+EventEncoder = Callable[[StreamEvent], Iterable[bytes]]
 
 
 async def close_run(run: Run) -> None:
@@ -37,10 +36,10 @@ async def close_run(run: Run) -> None:
 async def sse_events(
     run: Run,
     encode: EventEncoder,
-    opening: Iterable[SSEMessage],
-    closing: Callable[[], Iterable[SSEMessage]],
-    on_error: Callable[[ParleyError], SSEMessage],
-) -> AsyncGenerator[SSEMessage, None]:
+    opening: Iterable[bytes],
+    closing: Callable[[], Iterable[bytes]],
+    on_error: Callable[[ParleyError], bytes],
+) -> AsyncGenerator[bytes, None]:
     """The body of an SSE response: opening events, encoded run events, closing events.
 
     A failure after the first byte ends the stream with an error event, never a cut.
@@ -52,12 +51,14 @@ async def sse_events(
         if not run.head_ready:  # the model has yet to answer: the opening goes out now, on its own
             yield FLUSH
         head = True
-        async for event in run:
-            for message in encode(event):
-                yield message
-            if head:  # the first event goes out at once; later ones in batches (see SSEResponse)
-                head = False
-                yield FLUSH
+        async with contextlib.aclosing(run.batches()) as batches:
+            async for batch in batches:
+                data = b"".join([message for event in batch for message in encode(event)])
+                if data:
+                    yield data
+                if head:  # the first batch goes out at once; later ones as the client takes them
+                    head = False
+                    yield FLUSH
         for message in closing():
             yield message
     except Exception as exc:
@@ -73,9 +74,9 @@ async def stream_run(
     request: Request,
     run: Run,
     encode: EventEncoder,
-    opening: Iterable[SSEMessage],
-    closing: Callable[[], Iterable[SSEMessage]],
-    on_error: Callable[[ParleyError], SSEMessage],
+    opening: Iterable[bytes],
+    closing: Callable[[], Iterable[bytes]],
+    on_error: Callable[[ParleyError], bytes],
 ) -> SSEResponse:
     """An SSE response for `run`, once its first event came (or the head wait ran out).
 
@@ -115,7 +116,7 @@ class SSEResponse(Response):
     # work), which bounds both the latency added by batching and the reading ahead of a slow client.
     high_water = 16 * 1024
 
-    def __init__(self, body: AsyncGenerator[SSEMessage, None], ping_seconds: float) -> None:
+    def __init__(self, body: AsyncGenerator[bytes, None], ping_seconds: float) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers(
@@ -175,7 +176,7 @@ class SSEResponse(Response):
         async for message in self._body:
             if not message:
                 return b"".join(messages), False
-            messages.append(message if isinstance(message, bytes) else message.encode())
+            messages.append(message)
         return b"".join(messages), True
 
     async def _read_body(self, scope: anyio.CancelScope) -> None:
@@ -186,9 +187,8 @@ class SSEResponse(Response):
         try:
             async for message in self._body:
                 if message:
-                    data = message if isinstance(message, bytes) else message.encode()
-                    self._pending.append(data)
-                    self._pending_bytes += len(data)
+                    self._pending.append(message)
+                    self._pending_bytes += len(message)
                     self._ready.set()
                     if self._pending_bytes < self.high_water:
                         continue

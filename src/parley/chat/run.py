@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from parley.events import (
+    EventBatch,
     Finish,
     FinishReason,
     ReasoningDelta,
@@ -40,14 +42,14 @@ class Timing:
 
 
 class Run:
-    """Wraps a model's event stream; iterate it once, close it to cancel the generation."""
+    """Wraps a model's event stream; iterate it once (by event or by batch), close it to cancel."""
 
-    def __init__(self, model: str, events: AsyncIterator[StreamEvent]) -> None:
+    def __init__(self, model: str, batches: AsyncIterator[EventBatch]) -> None:
         self.id = f"run_{uuid.uuid4().hex}"
         self.model = model
         self.created = int(time.time())
-        self._events = events
-        self._head: asyncio.Task[StreamEvent] | None = None
+        self._batches = batches
+        self._head: asyncio.Task[EventBatch] | None = None
         self._started = time.perf_counter()
         self._first_token_at: float | None = None
         self._ended_at: float | None = None
@@ -71,7 +73,7 @@ class Run:
         that fails at once (unreachable, bad key) gets an HTTP error instead of a 200 stream.
         """
         if self._head is None:
-            self._head = asyncio.ensure_future(anext(self._events))
+            self._head = asyncio.ensure_future(anext(self._batches))
         done, _ = await asyncio.wait({self._head}, timeout=seconds)
         if done:
             error = self._head.exception()
@@ -85,19 +87,20 @@ class Run:
         """Iterating will give the first event (or end) at once, without waiting for the model."""
         return self._head is not None and self._head.done()
 
-    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+    async def batches(self) -> AsyncGenerator[EventBatch, None]:
+        """The events in the batches the model made them: what a transport can send in one write."""
         try:
             if self._head is not None:
                 head, self._head = self._head, None
                 try:
-                    event = await head
+                    batch = await head
                 except StopAsyncIteration:
                     return
-                self._record(event)
-                yield event
-            async for event in self._events:
-                self._record(event)
-                yield event
+                self._record(batch)
+                yield batch
+            async for batch in self._batches:
+                self._record(batch)
+                yield batch
             self.outcome = "complete"
         except Exception as exc:
             self.outcome, self.error = "failed", str(exc) or type(exc).__name__
@@ -105,27 +108,31 @@ class Run:
         finally:
             self._ended_at = time.perf_counter()
 
-    def _record(self, event: StreamEvent) -> None:
-        if isinstance(event, TextDelta):
-            self._mark_first_token()
-            self._text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            self._mark_first_token()
-            self._reasoning.append(event.text)
-        elif isinstance(event, ToolCallDelta):
-            self._mark_first_token()
-            parts = self._tool_calls.setdefault(event.index, _ToolCallParts())
-            parts.id = parts.id or event.id or ""
-            parts.name = parts.name or event.name or ""
-            parts.arguments.append(event.arguments)
-        elif isinstance(event, Usage):
-            self.usage = event
-        elif isinstance(event, Finish):
-            self.finish_reason = event.reason
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
-    def _mark_first_token(self) -> None:
-        if self._first_token_at is None:
-            self._first_token_at = time.perf_counter()
+    def _record(self, batch: EventBatch) -> None:
+        for event in batch:
+            if isinstance(event, TextDelta):
+                self._text.append(event.text)
+            elif isinstance(event, ReasoningDelta):
+                self._reasoning.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                parts = self._tool_calls.setdefault(event.index, _ToolCallParts())
+                parts.id = parts.id or event.id or ""
+                parts.name = parts.name or event.name or ""
+                parts.arguments.append(event.arguments)
+            elif isinstance(event, Usage):
+                self.usage = event
+                continue
+            elif isinstance(event, Finish):
+                self.finish_reason = event.reason
+                continue
+            if self._first_token_at is None:
+                self._first_token_at = time.perf_counter()
 
     async def aclose(self) -> None:
         """Stop the generation (if still running) and release the model."""
@@ -135,7 +142,7 @@ class Run:
             await asyncio.wait({self._head})
             self._head = None
         try:
-            aclose = getattr(self._events, "aclose", None)
+            aclose = getattr(self._batches, "aclose", None)
             if aclose is not None:
                 await aclose()
         finally:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from parley.events import StreamEvent
+from parley.events import EventBatch
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -91,7 +91,7 @@ def estimate_tokens(text: str) -> int:
 
 
 class Model(ABC):
-    """A chat model. `stream()` yields typed events and stops its generation when closed."""
+    """A chat model. `stream()` yields batches of typed events and stops its generation when closed."""
 
     provider: ClassVar[str]
     supports_tools: ClassVar[bool] = False
@@ -115,5 +115,7 @@ class Model(ABC):
         return sum(estimate_tokens(message.text()) + 4 for message in messages)
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Generate a reply. Closing the iterator early must stop the generation."""
+    def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
+        """Generate a reply, as non-empty batches of the events ready together.
+
+        Closing the iterator early must stop the generation."""

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 
 from parley.config import FakeConfig
-from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
+from parley.events import EventBatch, Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
 from parley.models.base import ChatRequest, Model, estimate_tokens
 
 
@@ -30,7 +30,7 @@ class FakeModel(Model):
         users = [m for m in request.messages if m.role == "user"]
         return users[-1].text() if users else ""
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
         reply = self._reply_to(request)
         finish: Finish = Finish("stop")
         limit = request.params.max_tokens
@@ -39,16 +39,16 @@ class FakeModel(Model):
         for stop in request.params.stop:
             if stop and stop in reply:
                 reply = reply[: reply.index(stop)]
-        delay = self._config.delay_ms / 1000
-        if self._config.reasoning:
-            for piece in _chunks(self._config.reasoning, self._config.chunk_chars):
-                yield ReasoningDelta(piece)
-                if delay:
-                    await asyncio.sleep(delay)
-        for piece in _chunks(reply, self._config.chunk_chars):
-            yield TextDelta(piece)
-            if delay:
-                await asyncio.sleep(delay)
+        size = self._config.chunk_chars
+        events: list[StreamEvent] = [ReasoningDelta(piece) for piece in _chunks(self._config.reasoning or "", size)]
+        events += [TextDelta(piece) for piece in _chunks(reply, size)]
         prompt = "".join(m.text() for m in request.messages)
-        yield Usage(estimate_tokens(prompt), estimate_tokens(reply))
-        yield finish
+        events += [Usage(estimate_tokens(prompt), estimate_tokens(reply)), finish]
+        delay = self._config.delay_ms / 1000
+        if not delay:  # everything is ready at once
+            yield events
+            return
+        for event in events[:-2]:
+            yield (event,)
+            await asyncio.sleep(delay)
+        yield events[-2:]

@@ -23,7 +23,7 @@ from typing import Any
 
 from parley.config import LlamaCppConfig
 from parley.errors import InvalidRequest, ModelNotReady
-from parley.events import Finish, FinishReason, StreamEvent, TextDelta, Usage
+from parley.events import EventBatch, Finish, FinishReason, StreamEvent, TextDelta, Usage
 from parley.models.base import ChatMessage, ChatRequest, Model
 
 log = logging.getLogger("parley.models.llamacpp")
@@ -177,7 +177,7 @@ class LlamaCppModel(Model):
     def _closed(self) -> ModelNotReady:
         return ModelNotReady(f"model {self.name!r} is not loaded")
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
         loop = asyncio.get_running_loop()
         try:
             prompt_tokens = await loop.run_in_executor(self._prep, self._tokenize, request)
@@ -197,11 +197,24 @@ class LlamaCppModel(Model):
         # torn down first by a cancellation: generations never overlap.
         work.add_done_callback(lambda _: self._turn.release())
         try:
-            while (item := await job.events.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, (TextDelta, Usage, Finish))
-                yield item
+            ended = False
+            while not ended:
+                items = [await job.events.get()]
+                while not job.events.empty():  # and whatever else the worker made meanwhile
+                    items.append(job.events.get_nowait())
+                batch: list[StreamEvent] = []
+                for item in items:
+                    if item is _END:
+                        ended = True
+                    elif isinstance(item, BaseException):
+                        if batch:
+                            yield batch
+                        raise item
+                    else:
+                        assert isinstance(item, (TextDelta, Usage, Finish))
+                        batch.append(item)
+                if batch:
+                    yield batch
         finally:
             job.cancelled.set()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,7 +18,7 @@ from parley.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from parley.events import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from parley.events import EventBatch, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from parley.models.base import ChatRequest, Model
 from parley.models.sse_decoder import SSEDecodeError, SSEDecoder
 
@@ -97,7 +97,7 @@ class OpenAICompatModel(Model):
         body.update((key, value) for key, value in optional.items() if value is not None)
         return orjson.dumps(body)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
         if self._session is None:
             raise UpstreamError(f"model {self.name!r} is not loaded")
         try:
@@ -107,22 +107,22 @@ class OpenAICompatModel(Model):
                 state = _StreamState()
                 if response.content_type == "application/json":
                     # A server that ignores `stream` answers with the whole completion at once.
-                    for event in state.handle_completion(await response.read()):
-                        yield event
+                    yield state.handle_completion(await response.read())
                 else:
                     decoder = SSEDecoder()
                     async for chunk in response.content.iter_any():
-                        for data in decoder.feed(chunk):
-                            for event in state.handle(data):
-                                yield event
+                        batch = state.handle(decoder.feed(chunk))
+                        if batch:
+                            yield batch
+                        state.raise_failure()
                         if state.done:
                             break
                     if not state.done:
-                        for data in decoder.finish():
-                            for event in state.handle(data):
-                                yield event
-                for event in state.close():
-                    yield event
+                        batch = state.handle(decoder.finish())
+                        if batch:
+                            yield batch
+                        state.raise_failure()
+                yield state.close()
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(
                 f"upstream {self.name!r} did not accept a connection within {self._config.connect_timeout:g} s"
@@ -141,63 +141,83 @@ class _StreamState:
     def __init__(self) -> None:
         self.done = False
         self._finish: FinishReason | None = None
+        self._failure: UpstreamError | None = None
 
-    def handle(self, data: str) -> Iterator[StreamEvent]:
-        """One SSE `data` payload: a chunk, an error, or `[DONE]`."""
-        if data == "[DONE]":
-            self.done = True
-            return
-        yield from self._chunk(_parse_object(data, "chunk"))
+    def handle(self, payloads: list[bytes]) -> list[StreamEvent]:
+        """The SSE `data` payloads of one read: chunks, an error, or `[DONE]`.
 
-    def handle_completion(self, body: bytes) -> Iterator[StreamEvent]:
+        A failure keeps the events before it: they are returned, and `raise_failure` raises it.
+        """
+        events: list[StreamEvent] = []
+        try:
+            for data in payloads:
+                if data == b"[DONE]":
+                    self.done = True
+                    break
+                self._chunk(_parse_object(data, "chunk"), events)
+        except UpstreamError as exc:
+            self._failure = exc
+        return events
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def handle_completion(self, body: bytes) -> list[StreamEvent]:
         """A whole `chat.completion`, read as one chunk whose delta is the message."""
-        completion = _parse_object(body.decode("utf-8", errors="replace"), "reply")
+        completion = _parse_object(body, "reply")
         choices = completion.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = {"delta": choices[0].get("message") or {}, "finish_reason": choices[0].get("finish_reason")}
             completion = {**completion, "choices": [choice]}
-        yield from self._chunk(completion)
+        events: list[StreamEvent] = []
+        self._chunk(completion, events)
         self.done = True
+        return events
 
-    def _chunk(self, chunk: dict[str, Any]) -> Iterator[StreamEvent]:
+    def _chunk(self, chunk: dict[str, Any], events: list[StreamEvent]) -> None:
         if chunk.get("error"):
             raise UpstreamError(f"upstream failed mid-stream: {_error_message(chunk)}")
         try:
-            choices = chunk.get("choices") or []
-            if choices and isinstance(choices[0], dict):
-                yield from self._choice(choices[0])
+            choices = chunk.get("choices")
+            if choices:
+                self._choice(choices[0], events)
             usage = chunk.get("usage")
-            if isinstance(usage, dict):
-                yield Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        except (AttributeError, TypeError, ValueError) as exc:  # valid JSON, but not a chunk's shape
+            if usage is not None:
+                events.append(Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:  # JSON, not a chunk's shape
             raise UpstreamError(f"upstream sent a malformed chunk: {json.dumps(chunk)[:200]!r}") from exc
 
-    def _choice(self, choice: dict[str, Any]) -> Iterator[StreamEvent]:
+    def _choice(self, choice: dict[str, Any], events: list[StreamEvent]) -> None:
         delta = choice.get("delta") or {}
         # vLLM and Ollama name the field `reasoning`; DeepSeek and llama-server `reasoning_content`.
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning:
-            yield ReasoningDelta(_text(reasoning))
+            events.append(ReasoningDelta(_text(reasoning)))
         content = delta.get("content")
         if content:
-            yield TextDelta(_text(content))
-        for position, call in enumerate(delta.get("tool_calls") or []):
-            function = call.get("function") or {}
-            yield ToolCallDelta(
-                index=call.get("index", position),
-                id=call.get("id"),
-                name=function.get("name"),
-                arguments=function.get("arguments") or "",
-            )
+            events.append(TextDelta(_text(content)))
+        tool_calls = delta.get("tool_calls")
+        if tool_calls:
+            for position, call in enumerate(tool_calls):
+                function = call.get("function") or {}
+                events.append(
+                    ToolCallDelta(
+                        index=call.get("index", position),
+                        id=call.get("id"),
+                        name=function.get("name"),
+                        arguments=function.get("arguments") or "",
+                    )
+                )
         reason = choice.get("finish_reason")
         if reason:
             self._finish = _FINISH_REASONS.get(reason, "stop")
 
-    def close(self) -> Iterator[StreamEvent]:
+    def close(self) -> list[StreamEvent]:
         # Some servers send [DONE] without a finish_reason; without either, the reply was cut.
         if self._finish is None and not self.done:
             raise UpstreamError("upstream stream ended before the reply was finished")
-        yield Finish(self._finish or "stop")
+        return [Finish(self._finish or "stop")]
 
 
 def _text(value: Any) -> str:
@@ -206,7 +226,7 @@ def _text(value: Any) -> str:
     return value
 
 
-def _parse_object(data: str, what: str) -> dict[str, Any]:
+def _parse_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         # orjson: parsing every chunk is the largest per-token cost of a proxied stream.
         parsed = orjson.loads(data)

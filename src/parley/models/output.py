@@ -7,11 +7,11 @@ applied here too, so no transport ever sees what the model's config withholds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Literal
 
 from parley.errors import UpstreamError
-from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta
+from parley.events import EventBatch, Finish, ReasoningDelta, StreamEvent, TextDelta
 from parley.models.base import ChatRequest
 from parley.models.harmony import HarmonyParser
 
@@ -39,26 +39,37 @@ def harmony_parser(mode: HarmonyMode, template_is_harmony: bool, request: ChatRe
 
 
 async def normalise(
-    events: AsyncIterator[StreamEvent], parser: HarmonyParser | None, *, send_reasoning: bool
-) -> AsyncIterator[StreamEvent]:
+    batches: AsyncIterator[EventBatch], parser: HarmonyParser | None, *, send_reasoning: bool
+) -> AsyncIterator[EventBatch]:
     try:
-        async for event in events:
-            if parser is not None and isinstance(event, TextDelta):
-                out: Iterable[StreamEvent] = parser.feed(event.text)
-                if parser.is_harmony is False:
-                    parser = None  # plain text: the rest of the stream passes straight through
-            elif parser is not None and isinstance(event, Finish):
-                out = [*parser.finish(), Finish(parser.finish_reason(event.reason))]
-                _check_arguments(parser)
-            else:
-                out = (event,)
-            for item in out:
-                if send_reasoning or not isinstance(item, ReasoningDelta):
-                    yield item
+        async for batch in batches:
+            if parser is not None:
+                batch, parser = _parsed(batch, parser)
+            if not send_reasoning:
+                batch = [event for event in batch if not isinstance(event, ReasoningDelta)]
+            if batch:
+                yield batch
     finally:
-        close = getattr(events, "aclose", None)
+        close = getattr(batches, "aclose", None)
         if close is not None:
             await close()
+
+
+def _parsed(batch: EventBatch, parser: HarmonyParser | None) -> tuple[list[StreamEvent], HarmonyParser | None]:
+    """The batch with its text run through the parser, and the parser (None once text is plain)."""
+    out: list[StreamEvent] = []
+    for event in batch:
+        if parser is not None and isinstance(event, TextDelta):
+            out += parser.feed(event.text)
+            if parser.is_harmony is False:
+                parser = None  # plain text: the rest of the stream passes straight through
+        elif parser is not None and isinstance(event, Finish):
+            out += parser.finish()
+            out.append(Finish(parser.finish_reason(event.reason)))
+            _check_arguments(parser)
+        else:
+            out.append(event)
+    return out, parser
 
 
 def _check_arguments(parser: HarmonyParser) -> None:

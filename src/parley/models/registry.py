@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from parley.config import FakeConfig, LlamaCppConfig, ModelConfig, OpenAICompatConfig
 from parley.errors import ModelNotFound, ModelNotReady
-from parley.events import StreamEvent
+from parley.events import EventBatch
 from parley.models.base import ChatRequest, Model
 from parley.models.output import harmony_parser, normalise
 
@@ -29,8 +29,8 @@ class ModelEntry:
     state: ModelState = ModelState.LOADING
     error: str | None = None
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """The model's events, normalised (Harmony parsed, reasoning withheld if configured)."""
+    def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
+        """The model's event batches, normalised (Harmony parsed, reasoning withheld if configured)."""
         events = self.model.stream(request)
         parser = harmony_parser(self.config.harmony, self.model.template_is_harmony, request)
         if parser is None and self.config.send_reasoning:

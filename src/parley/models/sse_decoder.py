@@ -2,7 +2,7 @@
 
 Written here because aiohttp has no SSE client, and line-by-line reading through its
 StreamReader caps line length and costs a call per line; this decoder takes whatever bytes
-arrived and returns every complete event in them.
+arrived and returns the `data` of every event they complete, splitting in C where it can.
 """
 
 from __future__ import annotations
@@ -18,37 +18,28 @@ class SSEDecoder:
     """Feed bytes, get back the `data` payloads of the events completed by them."""
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
+        self._buffer = b""  # the start of an event whose blank line has yet to come
 
-    def feed(self, chunk: bytes) -> list[str]:
+    def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk
-        events: list[str] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    events.append("\n".join(self._data))
-                    self._data = []
-                continue
-            if line.startswith(b"data:"):
-                value = line[5:]
-                if value.startswith(b" "):
-                    value = value[1:]
-                self._data.append(value.decode("utf-8", errors="replace"))
-            # `event:`, `id:`, `retry:` and `:` comments carry nothing the chat API needs.
-        self._buffer = buffer[start:]
+        if b"\r" in buffer:
+            # A CRLF split between two reads is whole again here: the unfinished event is kept.
+            buffer = buffer.replace(b"\r\n", b"\n")
+        *events, self._buffer = buffer.split(b"\n\n")
         if len(self._buffer) > MAX_EVENT_BYTES:
-            raise SSEDecodeError("upstream sent an event line longer than 16 MiB")
-        return events
+            raise SSEDecodeError("upstream sent an event longer than 16 MiB")
+        payloads: list[bytes] = []
+        for event in events:
+            if event.startswith(b"data: ") and b"\n" not in event:  # the usual shape: one data line
+                payloads.append(event[6:])
+                continue
+            # Several data lines join with newlines; `event:`, `id:`, `retry:` and `:` comments
+            # carry nothing the chat API needs, and an event without data is no event.
+            data = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                payloads.append(b"\n".join(data))
+        return payloads
 
-    def finish(self) -> list[str]:
-        """Events left when the stream ends without a final blank line."""
-        return self.feed(b"\n\n") if self._buffer or self._data else []
+    def finish(self) -> list[bytes]:
+        """The event left when the stream ends without a final blank line."""
+        return self.feed(b"\n\n") if self._buffer.strip() else []
