@@ -37,7 +37,9 @@ def test_invalid_json(http: httpx.Client) -> None:
 
 
 def test_body_that_is_not_an_object(http: httpx.Client) -> None:
-    assert_openai_error(http.post("/v1/chat/completions", json=["echo"]), 400, mentions="object")
+    assert_openai_error(
+        http.post("/v1/chat/completions", json=["echo"]), 400, mentions="must be a JSON object, not an array"
+    )
 
 
 def test_unknown_model(http: httpx.Client) -> None:

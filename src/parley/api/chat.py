@@ -14,7 +14,7 @@ from parley.api.chat_schema import STREAM_EVENT_MODELS, ChatBody, ChatReply, Usa
 from parley.api.deps import ConversationChatDep
 from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.errors import ParleyError
-from parley.events import StreamEvent
+from parley.events import EventBatch
 from parley.models.base import GenerationParams
 
 router = APIRouter(prefix="/api", tags=["Parley chat API"])
@@ -54,8 +54,8 @@ class _SSEChatEvents:
     def opening(self) -> Iterator[bytes]:
         return map(self._sse, self._events.opening())
 
-    def encode(self, event: StreamEvent) -> Iterator[bytes]:
-        return map(self._sse, self._events.encode(event))
+    def encode(self, batch: EventBatch) -> bytes:
+        return b"".join([self._sse(named) for event in batch for named in self._events.encode(event)])
 
     def closing(self) -> Iterator[bytes]:
         return map(self._sse, self._events.closing())
@@ -75,7 +75,7 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
     )
     run, events = turn.run, ChatEvents(turn)
     if not body.stream:
-        await collect_unless_disconnected(run, request)
+        await collect_unless_disconnected(run, request.receive)
         return ChatReply(
             **events.start().model_dump(exclude={"created"}),
             content=run.text,
@@ -86,4 +86,4 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
             timing=timing_out(run),
         )
     sse = _SSEChatEvents(events)
-    return await stream_run(request, run, sse.encode, sse.opening(), sse.closing, sse.error)
+    return await stream_run(request.app.state.settings, run, sse.encode, sse.opening(), sse.closing, sse.error)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parley.chat.run import Run
 from parley.errors import ParleyError
-from parley.events import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from parley.events import EventBatch, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 
 
@@ -137,23 +137,26 @@ class ChunkEncoder:
     def opening(self) -> Iterator[bytes]:
         yield self._chunk({"role": "assistant", "content": ""})
 
-    def encode(self, event: StreamEvent) -> tuple[bytes, ...]:
-        if isinstance(event, TextDelta):  # the token path: a tuple, not a generator, and no dict
-            return (self._text_head + encode_basestring_ascii(event.text).encode() + self._text_tail,)
-        if isinstance(event, ReasoningDelta):
-            return (self._chunk({"reasoning_content": event.text}),)
-        if isinstance(event, ToolCallDelta):
-            call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
-            if event.id is not None:
-                call["id"], call["type"] = event.id, "function"
-            if event.name is not None:
-                call["function"]["name"] = event.name
-            return (self._chunk({"tool_calls": [call]}),)
-        if isinstance(event, Usage):
-            self._usage = event
-        elif isinstance(event, Finish):
-            return (self._chunk({}, _finish_reason(self._run)),)
-        return ()
+    def encode(self, batch: EventBatch) -> bytes:
+        """The chunks of a batch of events, as one write."""
+        parts: list[bytes] = []
+        for event in batch:
+            if isinstance(event, TextDelta):  # the token path: no dict, no json.dumps
+                parts.append(self._text_head + encode_basestring_ascii(event.text).encode() + self._text_tail)
+            elif isinstance(event, ReasoningDelta):
+                parts.append(self._chunk({"reasoning_content": event.text}))
+            elif isinstance(event, ToolCallDelta):
+                call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+                if event.id is not None:
+                    call["id"], call["type"] = event.id, "function"
+                if event.name is not None:
+                    call["function"]["name"] = event.name
+                parts.append(self._chunk({"tool_calls": [call]}))
+            elif isinstance(event, Usage):
+                self._usage = event
+            elif isinstance(event, Finish):
+                parts.append(self._chunk({}, _finish_reason(self._run)))
+        return b"".join(parts)
 
     def closing(self) -> Iterator[bytes]:
         if self._include_usage:

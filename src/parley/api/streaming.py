@@ -9,13 +9,13 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from datetime import UTC, datetime
 
 import anyio
-from fastapi import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from parley.chat.run import Run
+from parley.config import Settings
 from parley.errors import ParleyError, as_parley_error
-from parley.events import StreamEvent
+from parley.events import EventBatch
 
 log = logging.getLogger("parley.stream")
 
@@ -24,7 +24,8 @@ log = logging.getLogger("parley.stream")
 # starts its tasks): sse_events flushes after the opening events if the model's first event
 # has yet to arrive, and after that first batch in any case.
 FLUSH = b""
-EventEncoder = Callable[[StreamEvent], Iterable[bytes]]
+# Encodes a batch of events as the bytes of one write (b"" if none of them is sent).
+BatchEncoder = Callable[[EventBatch], bytes]
 
 
 async def close_run(run: Run) -> None:
@@ -35,7 +36,7 @@ async def close_run(run: Run) -> None:
 
 async def sse_events(
     run: Run,
-    encode: EventEncoder,
+    encode: BatchEncoder,
     opening: Iterable[bytes],
     closing: Callable[[], Iterable[bytes]],
     on_error: Callable[[ParleyError], bytes],
@@ -53,7 +54,7 @@ async def sse_events(
         head = True
         async with contextlib.aclosing(run.batches()) as batches:
             async for batch in batches:
-                data = b"".join([message for event in batch for message in encode(event)])
+                data = encode(batch)
                 if data:
                     yield data
                 if head:  # the first batch goes out at once; later ones as the client takes them
@@ -71,9 +72,9 @@ async def sse_events(
 
 
 async def stream_run(
-    request: Request,
+    settings: Settings,
     run: Run,
-    encode: EventEncoder,
+    encode: BatchEncoder,
     opening: Iterable[bytes],
     closing: Callable[[], Iterable[bytes]],
     on_error: Callable[[ParleyError], bytes],
@@ -83,7 +84,6 @@ async def stream_run(
     A run that fails within the head wait raises here, before any status line is sent, so
     the client gets a real HTTP error; the run is closed either way.
     """
-    settings = request.app.state.settings
     try:
         await run.wait_for_head(settings.stream_head_wait_seconds)
     except BaseException:
@@ -240,13 +240,13 @@ class SSEResponse(Response):
         self._ready.set()
 
 
-async def collect_unless_disconnected(run: Run, request: Request) -> None:
+async def collect_unless_disconnected(run: Run, receive: Receive) -> None:
     """Run to the end for a non-streamed reply; cancel the run if the client goes away first."""
     failure: Exception | None = None
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
+            while (await receive())["type"] != "http.disconnect":
                 pass
             group.cancel_scope.cancel()
 
