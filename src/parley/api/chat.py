@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -51,14 +50,14 @@ class _SSEChatEvents:
         name, payload = named
         return ServerSentEvent(data=payload.model_dump_json(), event=name, id=str(self._sequence)).encode()
 
-    def opening(self) -> Iterator[bytes]:
-        return map(self._sse, self._events.opening())
+    def opening(self) -> bytes:
+        return b"".join(map(self._sse, self._events.opening()))
 
     def encode(self, batch: EventBatch) -> bytes:
         return b"".join([self._sse(named) for event in batch for named in self._events.encode(event)])
 
-    def closing(self) -> Iterator[bytes]:
-        return map(self._sse, self._events.closing())
+    def closing(self) -> bytes:
+        return b"".join(map(self._sse, self._events.closing()))
 
     def error(self, error: ParleyError) -> bytes:
         return self._sse(self._events.error(error))
@@ -85,5 +84,4 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
             usage=UsageOut.of(run.usage),
             timing=timing_out(run),
         )
-    sse = _SSEChatEvents(events)
-    return await stream_run(request.app.state.settings, run, sse.encode, sse.opening(), sse.closing, sse.error)
+    return await stream_run(request.app.state.settings, run, _SSEChatEvents(events))

@@ -45,10 +45,7 @@ class ChatCompletionsEndpoint:
         response: Response
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            encoder = ChunkEncoder(run, include_usage)
-            response = await stream_run(
-                state.settings, run, encoder.encode, encoder.opening(), encoder.closing, encoder.error
-            )
+            response = await stream_run(state.settings, run, ChunkEncoder(run, include_usage))
         else:
             await collect_unless_disconnected(run, receive)
             response = JSONResponse(completion(run))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley.chat.run import Run
@@ -118,11 +117,11 @@ class ChunkEncoder:
         self._include_usage = include_usage
         head = {"id": f"chatcmpl-{run.id[4:]}", "object": "chat.completion.chunk", "created": run.created}
         self._prefix = (
-            json.dumps(head)[:-1]
-            + ',"model":'
-            + json.dumps(run.model)
-            + ',"system_fingerprint":null,"choices":[{"index":0,"delta":'
-        ).encode()
+            orjson.dumps(head)[:-1]
+            + b',"model":'
+            + orjson.dumps(run.model)
+            + b',"system_fingerprint":null,"choices":[{"index":0,"delta":'
+        )
         self._open_suffix = b',"logprobs":null,"finish_reason":null}]}\n\n'
         self._text_head = b"data: " + self._prefix + b'{"content":'
         self._text_tail = b"}" + self._open_suffix
@@ -132,10 +131,10 @@ class ChunkEncoder:
         suffix = (
             self._open_suffix if finish is None else f',"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n'.encode()
         )
-        return b"data: " + self._prefix + json.dumps(delta).encode() + suffix
+        return b"data: " + self._prefix + orjson.dumps(delta) + suffix
 
-    def opening(self) -> Iterator[bytes]:
-        yield self._chunk({"role": "assistant", "content": ""})
+    def opening(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
 
     def encode(self, batch: EventBatch) -> bytes:
         """The chunks of a batch of events, as one write."""
@@ -158,19 +157,19 @@ class ChunkEncoder:
                 parts.append(self._chunk({}, _finish_reason(self._run)))
         return b"".join(parts)
 
-    def closing(self) -> Iterator[bytes]:
-        if self._include_usage:
-            usage_chunk = {
-                "id": f"chatcmpl-{self._run.id[4:]}",
-                "object": "chat.completion.chunk",
-                "created": self._run.created,
-                "model": self._run.model,
-                "choices": [],
-                "usage": _usage(self._usage),
-            }
-            yield b"data: " + json.dumps(usage_chunk).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+    def closing(self) -> bytes:
+        done = b"data: [DONE]\n\n"
+        if not self._include_usage:
+            return done
+        usage_chunk = {
+            "id": f"chatcmpl-{self._run.id[4:]}",
+            "object": "chat.completion.chunk",
+            "created": self._run.created,
+            "model": self._run.model,
+            "choices": [],
+            "usage": _usage(self._usage),
+        }
+        return b"data: " + orjson.dumps(usage_chunk) + b"\n\n" + done
 
-    @staticmethod
-    def error(error: ParleyError) -> bytes:
-        return b"data: " + json.dumps(error.to_body()).encode() + b"\n\n"
+    def error(self, error: ParleyError) -> bytes:
+        return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"

@@ -176,42 +176,33 @@ class _StreamState:
         return events
 
     def _chunk(self, chunk: dict[str, Any], events: list[StreamEvent]) -> None:
+        # One function for the whole chunk, not one per level: this runs for every token.
         if chunk.get("error"):
             raise UpstreamError(f"upstream failed mid-stream: {_error_message(chunk)}")
         try:
             choices = chunk.get("choices")
             if choices:
-                self._choice(choices[0], events)
+                choice = choices[0]
+                delta = choice.get("delta")
+                if delta:
+                    # vLLM and Ollama name it `reasoning`; DeepSeek and llama-server `reasoning_content`.
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if reasoning:
+                        events.append(ReasoningDelta(_text(reasoning)))
+                    content = delta.get("content")
+                    if content:
+                        events.append(TextDelta(_text(content)))
+                    tool_calls = delta.get("tool_calls")
+                    if tool_calls:
+                        events += _tool_call_deltas(tool_calls)
+                reason = choice.get("finish_reason")
+                if reason:
+                    self._finish = _FINISH_REASONS.get(reason, "stop")
             usage = chunk.get("usage")
             if usage is not None:
                 events.append(Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
         except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:  # JSON, not a chunk's shape
             raise UpstreamError(f"upstream sent a malformed chunk: {json.dumps(chunk)[:200]!r}") from exc
-
-    def _choice(self, choice: dict[str, Any], events: list[StreamEvent]) -> None:
-        delta = choice.get("delta") or {}
-        # vLLM and Ollama name the field `reasoning`; DeepSeek and llama-server `reasoning_content`.
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning:
-            events.append(ReasoningDelta(_text(reasoning)))
-        content = delta.get("content")
-        if content:
-            events.append(TextDelta(_text(content)))
-        tool_calls = delta.get("tool_calls")
-        if tool_calls:
-            for position, call in enumerate(tool_calls):
-                function = call.get("function") or {}
-                events.append(
-                    ToolCallDelta(
-                        index=call.get("index", position),
-                        id=call.get("id"),
-                        name=function.get("name"),
-                        arguments=function.get("arguments") or "",
-                    )
-                )
-        reason = choice.get("finish_reason")
-        if reason:
-            self._finish = _FINISH_REASONS.get(reason, "stop")
 
     def close(self) -> list[StreamEvent]:
         # Some servers send [DONE] without a finish_reason; without either, the reply was cut.
@@ -220,8 +211,23 @@ class _StreamState:
         return [Finish(self._finish or "stop")]
 
 
+def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[StreamEvent]:
+    deltas: list[StreamEvent] = []
+    for position, call in enumerate(calls):
+        function = call.get("function") or {}
+        deltas.append(
+            ToolCallDelta(
+                index=call.get("index", position),
+                id=call.get("id"),
+                name=function.get("name"),
+                arguments=function.get("arguments") or "",
+            )
+        )
+    return deltas
+
+
 def _text(value: Any) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise TypeError(f"text expected, got {type(value).__name__}")
     return value
 

@@ -25,14 +25,18 @@ class SSEDecoder:
         if b"\r" in buffer:
             # A CRLF split between two reads is whole again here: the unfinished event is kept.
             buffer = buffer.replace(b"\r\n", b"\n")
-        *events, self._buffer = buffer.split(b"\n\n")
+        end = buffer.rfind(b"\n\n")
+        complete, self._buffer = (buffer[:end], buffer[end + 2 :]) if end >= 0 else (b"", buffer)
         if len(self._buffer) > MAX_EVENT_BYTES:
             raise SSEDecodeError("upstream sent an event longer than 16 MiB")
+        if not complete:
+            return []
+        # The usual shape, split in one C call: nothing but one-line `data: ` events, i.e. every
+        # newline is in an event separator followed by the next event's `data: `.
+        if complete.startswith(b"data: ") and complete.count(b"\n") == 2 * complete.count(b"\n\ndata: "):
+            return complete[6:].split(b"\n\ndata: ")
         payloads: list[bytes] = []
-        for event in events:
-            if event.startswith(b"data: ") and b"\n" not in event:  # the usual shape: one data line
-                payloads.append(event[6:])
-                continue
+        for event in complete.split(b"\n\n"):
             # Several data lines join with newlines; `event:`, `id:`, `retry:` and `:` comments
             # carry nothing the chat API needs, and an event without data is no event.
             data = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
