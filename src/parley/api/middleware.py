@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.errors import PayloadTooLarge
+from parley.ids import unique_hex
 
 log = logging.getLogger("parley.access")
 
@@ -28,7 +28,7 @@ class RequestContextMiddleware:
             await self._app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or unique_hex()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 0

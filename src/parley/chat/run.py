@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,6 +19,7 @@ from parley.events import (
     ToolCallDelta,
     Usage,
 )
+from parley.ids import unique_hex
 from parley.models.base import FunctionCall, ToolCall
 
 
@@ -45,7 +45,7 @@ class Run:
     """Wraps a model's event stream; iterate it once (by event or by batch), close it to cancel."""
 
     def __init__(self, model: str, batches: AsyncIterator[EventBatch]) -> None:
-        self.id = f"run_{uuid.uuid4().hex}"
+        self.id = f"run_{unique_hex()}"
         self.model = model
         self.created = int(time.time())
         self._batches = batches
@@ -74,8 +74,8 @@ class Run:
         """
         if self._head is None:
             self._head = asyncio.ensure_future(anext(self._batches))
-        done, _ = await asyncio.wait({self._head}, timeout=seconds)
-        if done:
+        await _done_within(self._head, seconds)
+        if self._head.done():
             error = self._head.exception()
             if error is not None and not isinstance(error, StopAsyncIteration):
                 self._head = None
@@ -184,3 +184,24 @@ class Run:
         if self.usage is not None and self._first_token_at is not None and end > self._first_token_at:
             rate = self.usage.completion_tokens / (end - self._first_token_at)
         return Timing(ttft, (end - self._started) * 1000, rate)
+
+
+async def _done_within(future: asyncio.Future[EventBatch], seconds: float) -> None:
+    """Wait until `future` is done or `seconds` have passed: asyncio.wait without its bookkeeping
+    (a set, a coroutine check per member, a callback per member), which showed in every request."""
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(seconds, wake)
+    future.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
