@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -22,6 +23,21 @@ errors = Console(stderr=True)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]
+
+
+# Python's default starts a collection every 700 net allocations. A proxied stream allocates a
+# few per token (each parsed chunk is a handful of dicts, nearly all freed at once by reference
+# counting), so under load the collector ran several times a request and took about a sixth of
+# the server's CPU (bench/overhead.py: 0.72 vs 0.88 ms a request). Cycles are still collected,
+# just in fewer, larger passes.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_garbage_collector() -> None:
+    """Collect less often, and never again scan what startup built (modules, classes, the app)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _configure_logging(level: str) -> None:
@@ -49,8 +65,10 @@ def serve(
     _configure_logging(settings.log_level)
     models = ", ".join(f"{m.name} ({m.provider})" for m in settings.models)
     errors.print(f"Parley on http://{settings.host}:{settings.port} — models: {models}", highlight=False)
+    app = create_app(settings)
+    _tune_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

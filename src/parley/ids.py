@@ -20,7 +20,7 @@ class _IdSource:
         self._counter = itertools.count()
 
     def next_hex(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
+        return self._prefix + format(next(self._counter), "016x")
 
 
 _source = _IdSource()

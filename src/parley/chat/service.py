@@ -47,13 +47,20 @@ class ChatService:
                 param="tools",
             )
         defaults = entry.config.defaults
-        params = replace(
-            request.params,
-            temperature=_first(request.params.temperature, defaults.temperature),
-            top_p=_first(request.params.top_p, defaults.top_p),
-            max_tokens=_first(request.params.max_tokens, defaults.max_tokens),
-        )
-        return Run(entry.config.name, entry.stream(replace(request, params=params)))
+        params = request.params
+        if (
+            (params.temperature is None and defaults.temperature is not None)
+            or (params.top_p is None and defaults.top_p is not None)
+            or (params.max_tokens is None and defaults.max_tokens is not None)
+        ):  # (checked first: most requests have nothing to fill in, and every request passes here)
+            params = replace(
+                params,
+                temperature=_first(params.temperature, defaults.temperature),
+                top_p=_first(params.top_p, defaults.top_p),
+                max_tokens=_first(params.max_tokens, defaults.max_tokens),
+            )
+            request = replace(request, params=params)
+        return Run(entry.config.name, entry.stream(request))
 
 
 def with_system_prompt(request: ChatRequest, agent: AgentConfig | None) -> ChatRequest:

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from parley.config import OpenAICompatConfig
 from parley.errors import (
@@ -44,7 +45,8 @@ class OpenAICompatModel(Model):
     def __init__(self, config: OpenAICompatConfig) -> None:
         super().__init__(config.name, config.context_size)
         self._config = config
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        # Parsed once: aiohttp would parse a string URL again for every request.
+        self._url = URL(config.base_url.rstrip("/") + "/chat/completions")
         self._session: aiohttp.ClientSession | None = None
 
     def _api_key(self) -> str | None:
