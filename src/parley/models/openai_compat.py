@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -113,17 +113,13 @@ class OpenAICompatModel(Model):
                 else:
                     decoder = SSEDecoder()
                     async for chunk in response.content.iter_any():
-                        batch = state.handle(decoder.feed(chunk))
-                        if batch:
+                        for batch in state.batches(decoder.feed(chunk)):
                             yield batch
-                        state.raise_failure()
                         if state.done:
                             break
                     if not state.done:
-                        batch = state.handle(decoder.finish())
-                        if batch:
+                        for batch in state.batches(decoder.finish()):
                             yield batch
-                        state.raise_failure()
                 yield state.close()
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(
@@ -144,14 +140,35 @@ class _StreamState:
         self.done = False
         self._finish: FinishReason | None = None
         self._failure: UpstreamError | None = None
+        self._started = False  # an event has come
 
-    def handle(self, payloads: list[bytes]) -> list[StreamEvent]:
-        """The SSE `data` payloads of one read: chunks, an error, or `[DONE]`.
+    def batches(self, payloads: list[bytes]) -> Iterator[list[StreamEvent]]:
+        """The events of the SSE `data` payloads of one read (chunks, an error, or `[DONE]`).
 
-        A failure keeps the events before it: they are returned, and `raise_failure` raises it.
+        One batch, except for the read that holds the reply's first event: that event goes out
+        on its own, before the rest of the read is parsed. A failure raises after the events
+        before it.
         """
+        while payloads:
+            events, payloads = self._handle(payloads)
+            if events:
+                yield events
+            if self._failure is not None:
+                raise self._failure
+
+    def _handle(self, payloads: list[bytes]) -> tuple[list[StreamEvent], list[bytes]]:
         events: list[StreamEvent] = []
         try:
+            if not self._started:
+                for position, data in enumerate(payloads):
+                    if data == b"[DONE]":
+                        self.done = True
+                        return events, []
+                    self._chunk(_parse_object(data, "chunk"), events)
+                    if events:
+                        self._started = True
+                        return events, payloads[position + 1 :]
+                return events, []
             for data in payloads:
                 if data == b"[DONE]":
                     self.done = True
@@ -159,11 +176,7 @@ class _StreamState:
                 self._chunk(_parse_object(data, "chunk"), events)
         except UpstreamError as exc:
             self._failure = exc
-        return events
-
-    def raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        return events, []
 
     def handle_completion(self, body: bytes) -> list[StreamEvent]:
         """A whole `chat.completion`, read as one chunk whose delta is the message."""
