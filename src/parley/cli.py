@@ -74,6 +74,9 @@ def serve(
         log_level=settings.log_level,
         access_log=False,  # Parley logs one line per request itself, with its request id
         timeout_graceful_shutdown=5,
+        # Nothing in Parley reads the client's address yet, so uvicorn's rewriting of it from
+        # X-Forwarded-For (a middleware layer every request passes) is off.
+        proxy_headers=False,
     )
 
 

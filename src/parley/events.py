@@ -45,6 +45,8 @@ class Usage:
 
 @dataclass(slots=True)
 class Finish:
+    """The reply is over. Every model ends its stream with exactly one, as its last event."""
+
     reason: FinishReason
 
 

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from parley.chat.run import Run
 from parley.config import Settings
 from parley.errors import ParleyError, as_parley_error
-from parley.events import EventBatch
+from parley.events import EventBatch, Finish
 
 log = logging.getLogger("parley.stream")
 
@@ -124,6 +124,11 @@ class SSEResponse(Response):
                     pending = b""
                 async for batch in batches:
                     data = pending + self._wire.encode(batch)
+                    if isinstance(batch[-1], Finish):
+                        # The reply is over (a Finish is always last): this goes with the closing
+                        # events, in the body's last write.
+                        pending = data
+                        continue
                     pending = b""
                     if data:
                         await self._write(data, loop)

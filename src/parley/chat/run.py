@@ -44,11 +44,17 @@ class Timing:
 class Run:
     """Wraps a model's event stream; iterate it once (by event or by batch), close it to cancel."""
 
-    def __init__(self, model: str, batches: AsyncIterator[EventBatch]) -> None:
+    def __init__(
+        self,
+        model: str,
+        batches: AsyncIterator[EventBatch],
+        normalise: Callable[[EventBatch], EventBatch] | None = None,
+    ) -> None:
         self.id = f"run_{unique_hex()}"
         self.model = model
         self.created = int(time.time())
         self._batches = batches
+        self._normalise = normalise
         self._head: asyncio.Task[EventBatch] | None = None
         self._started = time.perf_counter()
         self._first_token_at: float | None = None
@@ -73,7 +79,7 @@ class Run:
         that fails at once (unreachable, bad key) gets an HTTP error instead of a 200 stream.
         """
         if self._head is None:
-            self._head = asyncio.ensure_future(anext(self._batches))
+            self._head = asyncio.ensure_future(self._first_batch())
         await _done_within(self._head, seconds)
         if self._head.done():
             error = self._head.exception()
@@ -81,6 +87,14 @@ class Run:
                 self._head = None
                 self.outcome, self.error = "failed", str(error) or type(error).__name__
                 raise error
+
+    async def _first_batch(self) -> EventBatch:
+        """The model's first batch with anything in it once normalised (StopAsyncIteration if none)."""
+        async for raw in self._batches:
+            batch = raw if self._normalise is None else self._normalise(raw)
+            if batch:
+                return batch
+        raise StopAsyncIteration
 
     @property
     def head_ready(self) -> bool:
@@ -98,9 +112,11 @@ class Run:
                     return
                 self._record(batch)
                 yield batch
-            async for batch in self._batches:
-                self._record(batch)
-                yield batch
+            async for raw in self._batches:
+                batch = raw if self._normalise is None else self._normalise(raw)
+                if batch:
+                    self._record(batch)
+                    yield batch
             self.outcome = "complete"
         except Exception as exc:
             self.outcome, self.error = "failed", str(exc) or type(exc).__name__

@@ -60,7 +60,7 @@ class ChatService:
                 max_tokens=_first(params.max_tokens, defaults.max_tokens),
             )
             request = replace(request, params=params)
-        return Run(entry.config.name, entry.stream(request))
+        return Run(entry.config.name, entry.model.stream(request), entry.normaliser(request))
 
 
 def with_system_prompt(request: ChatRequest, agent: AgentConfig | None) -> ChatRequest:

@@ -7,7 +7,6 @@ applied here too, so no transport ever sees what the model's config withholds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Literal
 
 from parley.errors import UpstreamError
@@ -29,47 +28,55 @@ def tool_names(request: ChatRequest) -> list[str]:
     return names
 
 
-def harmony_parser(mode: HarmonyMode, template_is_harmony: bool, request: ChatRequest) -> HarmonyParser | None:
+class Normaliser:
+    """Applied to each batch a model yields: Harmony parsed, reasoning withheld if configured.
+
+    A plain function of batches, not a stream wrapping the model's stream: the run calls it as
+    the batches pass, which spares every batch a generator hop.
+    """
+
+    def __init__(self, parser: HarmonyParser | None, *, send_reasoning: bool) -> None:
+        self._parser = parser
+        self._send_reasoning = send_reasoning
+
+    @classmethod
+    def for_request(
+        cls, mode: HarmonyMode, template_is_harmony: bool, request: ChatRequest, *, send_reasoning: bool
+    ) -> Normaliser | None:
+        """The normaliser a request needs, or None if the model's batches pass as they are."""
+        parser = _harmony_parser(mode, template_is_harmony, request)
+        return None if parser is None and send_reasoning else cls(parser, send_reasoning=send_reasoning)
+
+    def __call__(self, batch: EventBatch) -> EventBatch:
+        if self._parser is not None:
+            batch = self._parsed(batch, self._parser)
+        if not self._send_reasoning:
+            batch = [event for event in batch if not isinstance(event, ReasoningDelta)]
+        return batch
+
+    def _parsed(self, batch: EventBatch, parser: HarmonyParser) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        for event in batch:
+            if self._parser is not None and isinstance(event, TextDelta):
+                out += parser.feed(event.text)
+                if parser.is_harmony is False:
+                    self._parser = None  # plain text: the rest of the stream passes straight through
+            elif self._parser is not None and isinstance(event, Finish):
+                out += parser.finish()
+                out.append(Finish(parser.finish_reason(event.reason)))
+                _check_arguments(parser)
+            else:
+                out.append(event)
+        return out
+
+
+def _harmony_parser(mode: HarmonyMode, template_is_harmony: bool, request: ChatRequest) -> HarmonyParser | None:
     if mode == "off":
         return None
     names = tool_names(request) or None
     if mode == "on" or template_is_harmony:
         return HarmonyParser(auto_detect=False, prompt_tail=HARMONY_PROMPT_TAIL, tool_names=names)
     return HarmonyParser(auto_detect=True, tool_names=names)
-
-
-async def normalise(
-    batches: AsyncIterator[EventBatch], parser: HarmonyParser | None, *, send_reasoning: bool
-) -> AsyncIterator[EventBatch]:
-    try:
-        async for batch in batches:
-            if parser is not None:
-                batch, parser = _parsed(batch, parser)
-            if not send_reasoning:
-                batch = [event for event in batch if not isinstance(event, ReasoningDelta)]
-            if batch:
-                yield batch
-    finally:
-        close = getattr(batches, "aclose", None)
-        if close is not None:
-            await close()
-
-
-def _parsed(batch: EventBatch, parser: HarmonyParser | None) -> tuple[list[StreamEvent], HarmonyParser | None]:
-    """The batch with its text run through the parser, and the parser (None once text is plain)."""
-    out: list[StreamEvent] = []
-    for event in batch:
-        if parser is not None and isinstance(event, TextDelta):
-            out += parser.feed(event.text)
-            if parser.is_harmony is False:
-                parser = None  # plain text: the rest of the stream passes straight through
-        elif parser is not None and isinstance(event, Finish):
-            out += parser.finish()
-            out.append(Finish(parser.finish_reason(event.reason)))
-            _check_arguments(parser)
-        else:
-            out.append(event)
-    return out, parser
 
 
 def _check_arguments(parser: HarmonyParser) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from parley.config import FakeConfig, LlamaCppConfig, ModelConfig, OpenAICompatConfig
 from parley.errors import ModelNotFound, ModelNotReady
-from parley.events import EventBatch
 from parley.models.base import ChatRequest, Model
-from parley.models.output import harmony_parser, normalise
+from parley.models.output import Normaliser
 
 log = logging.getLogger("parley.models")
 
@@ -29,13 +27,11 @@ class ModelEntry:
     state: ModelState = ModelState.LOADING
     error: str | None = None
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
-        """The model's event batches, normalised (Harmony parsed, reasoning withheld if configured)."""
-        events = self.model.stream(request)
-        parser = harmony_parser(self.config.harmony, self.model.template_is_harmony, request)
-        if parser is None and self.config.send_reasoning:
-            return events
-        return normalise(events, parser, send_reasoning=self.config.send_reasoning)
+    def normaliser(self, request: ChatRequest) -> Normaliser | None:
+        """What the model's batches for this request go through: Harmony parsing, the reasoning policy."""
+        return Normaliser.for_request(
+            self.config.harmony, self.model.template_is_harmony, request, send_reasoning=self.config.send_reasoning
+        )
 
 
 def build_model(config: ModelConfig) -> Model:
