@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,5 +96,9 @@ def test_every_event_is_in_the_openapi_schema(http: httpx.Client) -> None:
     chat = schema["paths"]["/api/chat"]["post"]
     content = chat["responses"]["200"]["content"]
     assert "text/event-stream" in content and "application/json" in content
-    assert "/v1/chat/completions" in schema["paths"]
+    completions = schema["paths"]["/v1/chat/completions"]["post"]
+    body = completions["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert {"model", "messages", "stream", "tools"} <= set(components[body]["properties"])
+    references = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(schema)))
+    assert references <= set(components), references - set(components)
     assert http.get("/docs").status_code == 200

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
@@ -28,12 +27,6 @@ async def _store(request: HTTPConnection) -> ConversationStore:
     return store
 
 
-async def _chat(request: HTTPConnection) -> ChatService:
-    chat: ChatService = request.app.state.chat
-    return chat
-
-
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
-ChatServiceDep = Annotated[ChatService, Depends(_chat)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
