@@ -48,7 +48,9 @@ def system(text: str) -> ChatMessage:
 
 
 def estimate(messages: list[ChatMessage]) -> int:
-    """The documented estimate for models Parley can't tokenize: 4 characters a token, 4 a message."""
+    """The documented estimate for models Parley can't tokenize (for ASCII text: 4 characters a
+    token), and 4 tokens a message."""
+    assert all(message.text().isascii() for message in messages)
     return sum((len(message.text()) + 3) // 4 + 4 for message in messages)
 
 
@@ -95,6 +97,15 @@ async def test_estimate_path_keeps_system_and_newest_turns() -> None:
     assert kept[1].role == "user"
     assert fitted.dropped == len(messages) - len(kept) > 0
     assert fitted.prompt_tokens == estimate(kept)
+
+
+async def test_the_estimate_counts_cjk_text_a_token_a_character() -> None:
+    # 400 CJK characters are about 400 tokens to a real tokenizer, not 100: the history must
+    # be cut to fit, where counting four characters a token would have kept all of it.
+    messages = [system("Reply in Chinese."), *[user("你好世界" * 25) for _ in range(3)]]
+    fitted = await fit_to_context(fake(300), messages, max_tokens=50)
+    assert fitted.messages == [messages[0], *messages[2:]]
+    assert fitted.prompt_tokens is not None and fitted.prompt_tokens >= 200
 
 
 async def test_unknown_context_size_keeps_everything() -> None:

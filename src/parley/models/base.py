@@ -86,8 +86,13 @@ class ChatRequest:
 
 
 def estimate_tokens(text: str) -> int:
-    """About four characters a token, the usual rule of thumb for English text."""
-    return (len(text) + 3) // 4
+    """About four ASCII characters a token, and a token for every other character.
+
+    Four characters a token is the rule of thumb for English; Chinese, Japanese or Korean text
+    takes about a token a character, so counting it at four would overfill the context.
+    """
+    ascii_chars = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
+    return (ascii_chars + 3) // 4 + len(text) - ascii_chars
 
 
 class Model(ABC):
