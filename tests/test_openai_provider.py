@@ -174,6 +174,21 @@ def test_sampling_and_format_parameters_reach_the_upstream(client: OpenAI, upstr
     assert "tool_choice" not in body
 
 
+@pytest.mark.parametrize("asked_as", ["max_tokens", "max_completion_tokens"])
+def test_a_model_can_send_the_token_limit_as_max_completion_tokens(
+    client: OpenAI, upstream: Upstream, asked_as: str
+) -> None:
+    ask = new_marker()
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": ask}]
+    if asked_as == "max_tokens":
+        client.chat.completions.create(model="reasoner", messages=messages, max_tokens=40)
+    else:
+        client.chat.completions.create(model="reasoner", messages=messages, max_completion_tokens=40)
+    body = upstream.find(ask).body
+    assert body["max_completion_tokens"] == 40
+    assert "max_tokens" not in body
+
+
 def test_single_stop_string_is_forwarded_as_a_list(client: OpenAI, upstream: Upstream) -> None:
     ask = new_marker()
     client.chat.completions.create(model="text", messages=[{"role": "user", "content": ask}], stop="END")

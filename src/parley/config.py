@@ -60,6 +60,10 @@ class OpenAICompatConfig(_ModelConfigBase):
     # How long the upstream may stay silent (before or between chunks) before the run fails.
     read_timeout: float = Field(default=300.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    # The field the reply's token limit goes upstream in: OpenAI's reasoning models (o1, o3,
+    # gpt-5) refuse `max_tokens` and want `max_completion_tokens`; some other servers know only
+    # `max_tokens`.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OpenAICompatConfig:

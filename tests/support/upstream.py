@@ -273,6 +273,13 @@ class Upstream:
                 "api_key": "sk-upstream-secret",
                 "headers": {"X-Org": "parley-tests"},
             },
+            {
+                "name": "reasoner",
+                "provider": "openai",
+                "base_url": v1,
+                "model": "text",
+                "max_tokens_field": "max_completion_tokens",
+            },
             {"name": "stall-timeout", "provider": "openai", "base_url": v1, "model": "stall", "read_timeout": 0.5},
             {"name": "silent-timeout", "provider": "openai", "base_url": v1, "model": "silent", "read_timeout": 0.5},
             # silent for longer than any test waits: only a cancellation ends it early

@@ -89,7 +89,7 @@ class OpenAICompatModel(Model):
         optional = {
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
+            self._config.max_tokens_field: params.max_tokens,
             "seed": params.seed,
             "stop": params.stop or None,
             "tools": request.tools,
