@@ -75,9 +75,6 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    # An ASGI app where a request handler is typed: Starlette's Route tells them apart and serves it as one.
-    chat_completions: Any = openai.ChatCompletionsEndpoint()
-    app.add_route(openai.CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"], include_in_schema=False)
     app.include_router(openai.router)
     app.include_router(chat.router)
     app.include_router(conversations.router)
@@ -85,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     install_error_handlers(app)
     _document_by_hand(app)
+    app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

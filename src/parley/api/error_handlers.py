@@ -53,8 +53,20 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return _response(InternalError("internal error; see the server log for details"))
 
 
+_HANDLERS = (
+    (ParleyError, _parley_error),
+    (RequestValidationError, _validation_error),
+    (HTTPException, _http_error),
+    (Exception, _unexpected_error),
+)
+
+
+async def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The response for an error, for code that runs outside the app's exception middleware."""
+    handler = next(handler for kind, handler in _HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ParleyError, _parley_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
