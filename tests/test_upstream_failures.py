@@ -44,6 +44,13 @@ def completion_body(model: str, ask: str, stream: bool) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": ask}], "stream": stream}
 
 
+def request_body(path: str, model: str, ask: str, stream: bool) -> dict[str, Any]:
+    """The body asking `ask` of `model` on `/v1/chat/completions` or `/api/chat`."""
+    if path.startswith("/v1"):
+        return completion_body(model, ask, stream)
+    return {"message": ask, "model": model, "stream": stream}
+
+
 def assert_openai_error(reply: httpx.Response, status: int, error_type: str, code: str) -> dict[str, Any]:
     assert reply.status_code == status, reply.text
     assert reply.headers["content-type"].startswith("application/json")
@@ -272,10 +279,7 @@ def test_a_client_leaving_a_json_request_cancels_the_upstream(
     parley: str, client: OpenAI, upstream: Upstream, path: str, model: str
 ) -> None:
     ask = new_marker()
-    if path.startswith("/v1"):
-        body = completion_body(model, ask, stream=False)
-    else:
-        body = {"message": ask, "model": model, "stream": False}
+    body = request_body(path, model, ask, stream=False)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(parley + path, json=body, timeout=httpx.Timeout(30, read=1.0))
     assert_upstream_cancelled(upstream, ask)
@@ -288,14 +292,7 @@ def test_a_client_leaving_before_the_first_event_cancels_the_upstream(
 ) -> None:
     # The client gives up while Parley still holds the status line back for the first event.
     ask = new_marker()
-    body = (
-        completion_body("silent-long", ask, stream=True)
-        if path.startswith("/v1")
-        else {
-            "message": ask,
-            "model": "silent-long",
-        }
-    )
+    body = request_body(path, "silent-long", ask, stream=True)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(parley + path, json=body, timeout=httpx.Timeout(30, read=HEAD_WAIT / 4))
     assert_upstream_cancelled(upstream, ask)

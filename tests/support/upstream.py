@@ -123,29 +123,25 @@ class SeenRequest:
         return self.ended.wait(timeout)
 
 
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+def _reply(model: str, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": "chatcmpl-upstream", "object": kind, "created": 1700000000, "model": model, "choices": choices}
+
+
+def _usage(completion_tokens: int) -> dict[str, int]:
     return {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion_tokens,
+        "total_tokens": PROMPT_TOKENS + completion_tokens,
     }
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return _reply(model, "chat.completion.chunk", [choice])
 
 
 def _usage_chunk(model: str, completion_tokens: int) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": model,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": PROMPT_TOKENS,
-            "completion_tokens": completion_tokens,
-            "total_tokens": PROMPT_TOKENS + completion_tokens,
-        },
-    }
+    return {**_reply(model, "chat.completion.chunk", []), "usage": _usage(completion_tokens)}
 
 
 def _whole_completion(model: str) -> dict[str, Any]:
@@ -160,14 +156,8 @@ def _whole_completion(model: str) -> dict[str, Any]:
         message["content"] = REASONING_ANSWER
         message["reasoning_content"] = "".join(REASONING_PIECES)
     finish = "tool_calls" if model == "json-tools" else "stop"
-    return {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 3, "total_tokens": PROMPT_TOKENS + 3},
-    }
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    return {**_reply(model, "chat.completion", [choice]), "usage": _usage(3)}
 
 
 class _Answer:

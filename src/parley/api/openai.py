@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from parley.api.deps import RegistryDep
 from parley.api.error_handlers import error_response
@@ -47,38 +47,27 @@ class ChatCompletionsRoute:
         if scope["type"] != "http" or _route_path(scope) != CHAT_COMPLETIONS_PATH:
             await self._app(scope, receive, send)
             return
-        started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
-            if scope["method"] != "POST":
-                raise HTTPException(405, headers={"Allow": "POST"})
-            await self._serve(scope, receive, send_tracked)
-        except Exception as exc:
-            if started:  # nothing to answer with: the status line is out
-                raise
+            response = await self._respond(scope, receive)
+        except Exception as exc:  # (raised before anything was sent: what is sent handles its own)
             response = await error_response(Request(scope, receive), exc)
+        if response is not None:
             await response(scope, receive, send)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _respond(self, scope: Scope, receive: Receive) -> Response | None:
+        if scope["method"] != "POST":
+            raise HTTPException(405, headers={"Allow": "POST"})
         raw = await _read_body(receive)
         if raw is None:  # the client left before it finished sending
-            return
+            return None
         body = _validated(raw)
         state = scope["app"].state
         run = state.chat.start(body.to_request(), model=body.model)
-        response: Response
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            response = await stream_run(state.settings, run, ChunkEncoder(run, include_usage))
-        else:
-            await collect_unless_disconnected(run, receive)
-            response = JSONResponse(completion(run))
-        await response(scope, receive, send)
+            return await stream_run(state.settings, run, ChunkEncoder(run, include_usage))
+        await collect_unless_disconnected(run, receive)
+        return JSONResponse(completion(run))
 
 
 def _route_path(scope: Scope) -> str:

@@ -91,10 +91,13 @@ class Run:
     async def _first_batch(self) -> EventBatch:
         """The model's first batch with anything in it once normalised (StopAsyncIteration if none)."""
         async for raw in self._batches:
-            batch = raw if self._normalise is None else self._normalise(raw)
+            batch = self._normalised(raw)
             if batch:
                 return batch
         raise StopAsyncIteration
+
+    def _normalised(self, batch: EventBatch) -> EventBatch:
+        return batch if self._normalise is None else self._normalise(batch)
 
     @property
     def head_ready(self) -> bool:
@@ -113,7 +116,7 @@ class Run:
                 self._record(batch)
                 yield batch
             async for raw in self._batches:
-                batch = raw if self._normalise is None else self._normalise(raw)
+                batch = self._normalised(raw)
                 if batch:
                     self._record(batch)
                     yield batch

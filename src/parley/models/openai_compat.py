@@ -159,21 +159,14 @@ class _StreamState:
     def _handle(self, payloads: list[bytes]) -> tuple[list[StreamEvent], list[bytes]]:
         events: list[StreamEvent] = []
         try:
-            if not self._started:
-                for position, data in enumerate(payloads):
-                    if data == b"[DONE]":
-                        self.done = True
-                        return events, []
-                    self._chunk(_parse_object(data, "chunk"), events)
-                    if events:
-                        self._started = True
-                        return events, payloads[position + 1 :]
-                return events, []
-            for data in payloads:
+            for position, data in enumerate(payloads):
                 if data == b"[DONE]":
                     self.done = True
                     break
                 self._chunk(_parse_object(data, "chunk"), events)
+                if events and not self._started:
+                    self._started = True
+                    return events, payloads[position + 1 :]
         except UpstreamError as exc:
             self._failure = exc
         return events, []

@@ -56,12 +56,14 @@ class Normaliser:
 
     def _parsed(self, batch: EventBatch, parser: HarmonyParser) -> list[StreamEvent]:
         out: list[StreamEvent] = []
-        for event in batch:
-            if self._parser is not None and isinstance(event, TextDelta):
+        for position, event in enumerate(batch):
+            if isinstance(event, TextDelta):
                 out += parser.feed(event.text)
-                if parser.is_harmony is False:
-                    self._parser = None  # plain text: the rest of the stream passes straight through
-            elif self._parser is not None and isinstance(event, Finish):
+                if parser.is_harmony is False:  # plain text: the rest of the stream passes straight through
+                    self._parser = None
+                    out += batch[position + 1 :]
+                    break
+            elif isinstance(event, Finish):
                 out += parser.finish()
                 out.append(Finish(parser.finish_reason(event.reason)))
                 _check_arguments(parser)
