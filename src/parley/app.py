@@ -6,42 +6,26 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from parley.api import chat, conversations, health, openai, ws
-from parley.api.chat_schema import stream_event_schemas
+from parley.api.draining import RefuseWhileDraining
 from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
+from parley.api.openapi_doc import document_by_hand
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
+from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
 from parley.store import default_database_url, open_store
 
 
-def _document_by_hand(app: FastAPI) -> None:
-    """Add what FastAPI can't see to the OpenAPI schema: the SSE event payloads `/api/chat` refers
-    to, and `POST /v1/chat/completions`, which is a plain ASGI route."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(stream_event_schemas())
-            chat_completions = openai.openapi_path()
-            schemas.update(chat_completions["components"])
-            schema.setdefault("paths", {}).update(chat_completions["paths"])
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def create_app(settings: Settings) -> FastAPI:
+    lifecycle = Lifecycle()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
         shared = store.engine.dialect.name != "sqlite"
         await store.fail_interrupted(older_than=timedelta(hours=1) if shared else timedelta(0))
         registry = ModelRegistry(settings.models)
-        chat = ChatService(registry, settings.agents)
+        chat = ChatService(registry, settings.agents, track=lifecycle.track)
         app.state.settings = settings
         app.state.registry = registry
         app.state.store = store
@@ -80,9 +64,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
-    _document_by_hand(app)
+    document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
+    app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -53,9 +53,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
 ) -> None:
     """Start the server. With no config, it serves the bundled SmolLM2 model."""
-    import uvicorn
-
     from parley.app import create_app
+    from parley.serving import serve as serve_app
 
     try:
         settings: Settings = load_settings(config, host=host, port=port)
@@ -67,17 +66,7 @@ def serve(
     errors.print(f"Parley on http://{settings.host}:{settings.port} — models: {models}", highlight=False)
     app = create_app(settings)
     _tune_garbage_collector()
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # Parley logs one line per request itself, with its request id
-        timeout_graceful_shutdown=5,
-        # Nothing in Parley reads the client's address yet, so uvicorn's rewriting of it from
-        # X-Forwarded-For (a middleware layer every request passes) is off.
-        proxy_headers=False,
-    )
+    serve_app(app, settings)
 
 
 @app.command()

@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     # FastAPI's built-in OpenTelemetry hooks cost every request a few environment and provider
     # lookups (about 5% of a proxied stream's CPU): off unless an operator collects traces.
     opentelemetry: bool = False
+    # On SIGTERM or Ctrl-C, replies still running get this long to finish before they are ended
+    # with a `server_shutting_down` error (and saved with what they produced).
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # How often the text of replies still streaming is saved: what a crash can lose at most.
+    reply_save_seconds: float = Field(default=1.0, gt=0, le=60)
+    # A client must send a request's headers within this time of connecting (or of its previous
+    # request), and its whole body within `body_timeout_seconds` of the headers; else 408.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # JSON (request bodies and WebSocket frames) nested deeper than this is refused with 400.
+    max_json_depth: int = Field(default=64, ge=8, le=200)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
     agents: list[AgentConfig] = []
 

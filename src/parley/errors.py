@@ -19,13 +19,15 @@ class ParleyError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = message  # written by Parley: what a client may see
         self.param = param
         if code is not None:
             self.code = code
         self.headers = headers or {}  # sent with the HTTP error, e.g. Retry-After
+        self.detail = detail  # for the server log only (an upstream's own words, hosts, exceptions)
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,17 @@ class RateLimited(ParleyError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limited"
+
+
+class ServerShuttingDown(ParleyError):
+    """The server is stopping: new work is refused, and work past the grace period is ended."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "server_shutting_down"
+
+    def __init__(self, message: str = "the server is shutting down; retry the request") -> None:
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})
 
 
 class InternalError(ParleyError):

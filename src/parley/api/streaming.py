@@ -68,8 +68,7 @@ class SSEResponse(Response):
     a write, and a client that leaves cancels the body, which closes its run (stopping the
     upstream). A failure after the first byte ends the stream with an error event, never a cut.
     Not kept: it ended every stream the moment the server was told to stop; here streams get
-    uvicorn's graceful shutdown time (5 s in `parley serve`) to finish, and are then cancelled,
-    which closes their runs the same way.
+    the drain's grace period (`parley.lifecycle`) to finish, and are then ended with an error event.
     """
 
     media_type = "text/event-stream"
@@ -89,6 +88,8 @@ class SSEResponse(Response):
         self._pinging: asyncio.Task[None] | None = None
         self._ping_timer_handle: asyncio.TimerHandle | None = None
         self._gone = False  # the client left
+        self._pending = b""  # written with the closing events: the reply's last batch
+        self._failure: ParleyError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -97,47 +98,51 @@ class SSEResponse(Response):
         self._last_sent = loop.time()
         self._ping_timer_handle = loop.call_later(self._ping_seconds, self._ping_timer, loop)
         # Cancelled through an anyio scope, not Task.cancel(): a second native cancel could cut short
-        # the shielded close of the run (close_run) that follows.
+        # the shielded close of the run (close_run) that follows. The client leaving cancels it,
+        # and so does the run being ended from outside (the server stopping: stop_with).
         reading = anyio.CancelScope()
+        self._run.bind_stop(reading.cancel)
         watcher = loop.create_task(self._watch_disconnect(receive, reading), name="sse-disconnect")
-        tail: bytes | None = None
         try:
             with reading:
-                tail = await self._write_events(loop)
+                await self._write_events(loop)
         finally:
             if self._ping_timer_handle is not None:
                 self._ping_timer_handle.cancel()
             watcher.cancel()
             if self._pinging is not None:
                 self._pinging.cancel()
-            await close_run(self._run)
-        if tail is not None and not self._gone:
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            await close_run(self._run)  # the reply is saved here, before its last events go out
+        if not self._gone:
+            await send({"type": "http.response.body", "body": self._pending + self._ending(), "more_body": False})
 
-    async def _write_events(self, loop: asyncio.AbstractEventLoop) -> bytes:
-        """Write the opening and the run's batches; return what is left to write: the closing events."""
-        pending = self._wire.opening()
+    def _ending(self) -> bytes:
+        """The closing events, or the error that ended the run (or that kept its reply from being saved)."""
+        failure = self._failure or self._run.interruption or self._run.end_failure
+        return self._wire.closing() if failure is None else self._wire.error(failure)
+
+    async def _write_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write the opening and the run's batches, keeping back in `_pending` what ends the reply."""
+        self._pending = self._wire.opening()
         try:
             async with contextlib.aclosing(self._run.batches()) as batches:
                 if not self._run.head_ready:  # the model has yet to answer: the opening goes out now
-                    await self._write(pending, loop)
-                    pending = b""
+                    await self._write(self._pending, loop)
+                    self._pending = b""
                 async for batch in batches:
-                    data = pending + self._wire.encode(batch)
+                    data = self._pending + self._wire.encode(batch)
                     if isinstance(batch[-1], Finish):
                         # The reply is over (a Finish is always last): this goes with the closing
                         # events, in the body's last write.
-                        pending = data
+                        self._pending = data
                         continue
-                    pending = b""
+                    self._pending = b""
                     if data:
                         await self._write(data, loop)
-            return pending + self._wire.closing()
         except Exception as exc:
-            error = as_parley_error(exc)
+            self._failure = as_parley_error(exc)
             if not isinstance(exc, ParleyError):
                 log.exception("run %s failed", self._run.id)
-            return pending + self._wire.error(error)
 
     async def _write(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         assert self._send is not None
@@ -177,6 +182,7 @@ async def collect_unless_disconnected(run: Run, receive: Receive) -> None:
             group.cancel_scope.cancel()
 
         group.start_soon(watch)
+        run.bind_stop(group.cancel_scope.cancel)
         try:
             await run.collect()
         except Exception as exc:  # raised outside the group, which would wrap it in an ExceptionGroup
@@ -184,5 +190,6 @@ async def collect_unless_disconnected(run: Run, receive: Receive) -> None:
         finally:
             group.cancel_scope.cancel()
             await close_run(run)
+    failure = failure or run.interruption or run.end_failure
     if failure is not None:
         raise failure

@@ -19,56 +19,25 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.deps import ConversationChatDep
+from parley.api.draining import SERVICE_RESTART
 from parley.api.streaming import close_run
+from parley.api.ws_frames import MessageFrame, parse_frame
 from parley.chat.turns import ConversationChat
-from parley.errors import InvalidRequest, ParleyError, as_parley_error
+from parley.config import Settings
+from parley.errors import InvalidRequest, ParleyError, ServerShuttingDown, as_parley_error
+from parley.lifecycle import Lifecycle
 from parley.models.base import GenerationParams
 
 log = logging.getLogger("parley.ws")
 
 router = APIRouter(tags=["Parley chat API"])
-
-
-class MessageFrame(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["message"] = "message"
-    message: str = Field(min_length=1)
-    model: str | None = None
-    agent: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-
-
-class ControlFrame(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["cancel", "ping"]
-
-
-def parse_frame(text: str | bytes) -> MessageFrame | ControlFrame:
-    try:
-        data = json.loads(text)  # bytes: a binary frame, JSON in UTF-8 (json refuses other encodings)
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise InvalidRequest(f"frame is not valid JSON in UTF-8: {exc}", code="invalid_frame") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("a frame is a JSON object", code="invalid_frame")
-    try:
-        if data.get("type", "message") == "message":
-            return MessageFrame.model_validate(data)
-        return ControlFrame.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InvalidRequest(f"{where}: {first['msg']}" if where else first["msg"], code="invalid_frame") from exc
 
 
 class _Session:
@@ -80,14 +49,31 @@ class _Session:
     goes through the shield that close_run puts around it.
     """
 
-    def __init__(self, socket: WebSocket, session_id: str, conversations: ConversationChat) -> None:
+    def __init__(
+        self, socket: WebSocket, session_id: str, conversations: ConversationChat, lifecycle: Lifecycle
+    ) -> None:
         self._socket = socket
         self._session_id = session_id
         self._conversations = conversations
+        self._lifecycle = lifecycle
+        settings: Settings = socket.app.state.settings
+        self._max_frame_bytes = settings.max_body_bytes
+        self._max_json_depth = settings.max_json_depth
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         # Set from the moment a message is accepted until its reply is saved: the session is busy.
         self._running: anyio.CancelScope | None = None
+
+    def shutting_down(self) -> None:
+        """The server is draining: close now if no reply is running, else once it has ended."""
+        if self._running is None and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):  # the client may be gone already
+            async with self._sending:
+                await self._socket.close(SERVICE_RESTART, "server shutting down")
 
     async def send(self, named: NamedEvent) -> None:
         name, payload = named
@@ -99,12 +85,14 @@ class _Session:
 
     async def handle(self, text: str | bytes) -> None:
         try:
-            frame = parse_frame(text)
+            frame = parse_frame(text, max_bytes=self._max_frame_bytes, max_depth=self._max_json_depth)
         except ParleyError as error:
             await self.send(ChatEvents.error(error))
             return
         if isinstance(frame, MessageFrame):
-            if self._running is not None:
+            if self._lifecycle.draining:
+                await self.send(ChatEvents.error(ServerShuttingDown()))
+            elif self._running is not None:
                 busy = InvalidRequest("a reply is still running: wait for it or cancel it first", code="busy")
                 await self.send(ChatEvents.error(busy))
             else:
@@ -132,6 +120,7 @@ class _Session:
             return
         events = ChatEvents(turn)
         failure: Exception | None = None
+        turn.run.bind_stop(stopping.cancel)
         try:
             for named in events.opening():
                 await self.send(named)
@@ -146,12 +135,15 @@ class _Session:
                 await close_run(turn.run)  # the reply is saved here, whatever its outcome
             finally:
                 self._running = None  # before the last frame: a client answering it is not told busy
+        failure = failure or turn.run.interruption or turn.run.end_failure
         if failure is not None:
             await self._send_error(failure)
-            return
-        with contextlib.suppress(Exception):  # the client may be gone
-            for named in events.closing():
-                await self.send(named)
+        else:
+            with contextlib.suppress(Exception):  # the client may be gone
+                for named in events.closing():
+                    await self.send(named)
+        if self._lifecycle.draining:
+            self.shutting_down()
 
     async def _send_error(self, exc: Exception) -> None:
         if isinstance(exc, WebSocketDisconnect):
@@ -172,7 +164,9 @@ class _Session:
 @router.websocket("/ws/chat/{session_id}")
 async def chat_socket(socket: WebSocket, session_id: str, conversations: ConversationChatDep) -> None:
     await socket.accept()
-    session = _Session(socket, session_id, conversations)
+    lifecycle: Lifecycle = socket.app.state.lifecycle
+    session = _Session(socket, session_id, conversations, lifecycle)
+    lifecycle.add_session(session)
     try:
         while (message := await socket.receive())["type"] != "websocket.disconnect":
             text = message.get("text")
@@ -180,4 +174,7 @@ async def chat_socket(socket: WebSocket, session_id: str, conversations: Convers
     except WebSocketDisconnect:
         pass
     finally:
-        await session.stop()
+        try:
+            await session.stop()
+        finally:
+            lifecycle.remove_session(session)

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from parley.errors import ParleyError, as_parley_error
 from parley.events import (
     EventBatch,
     Finish,
@@ -67,10 +68,37 @@ class Run:
         self.outcome: Outcome | None = None
         self.error: str | None = None
         self._on_end: list[RunEnded] = []
+        self._closed = False
+        self._on_closed: Callable[[Run], None] | None = None
+        # Set when the run was ended from outside (the server stopping): the error its client gets.
+        self.interruption: ParleyError | None = None
+        self._stop: Callable[[], None] | None = None
+        # An `on_end` callback that failed (the reply could not be saved): the client is told.
+        self.end_failure: ParleyError | None = None
 
     def on_end(self, callback: RunEnded) -> None:
-        """Call `callback(run)` once when the run is closed, whatever its outcome."""
+        """Call `callback(run)` once when the run is closed, whatever its outcome.
+
+        A callback that raises a ParleyError becomes `end_failure`; the others still run."""
         self._on_end.append(callback)
+
+    def on_closed(self, callback: Callable[[Run], None]) -> None:
+        """Call `callback(run)` after the `on_end` callbacks have all run (one such callback)."""
+        self._on_closed = callback
+
+    def bind_stop(self, stop: Callable[[], None]) -> None:
+        """How the transport consuming this run stops consuming it (e.g. a cancel scope's cancel)."""
+        self._stop = stop
+
+    def stop_with(self, error: ParleyError) -> None:
+        """End the run now, from outside: the model stops, and its client gets `error` as the last event."""
+        if self._closed:
+            return
+        self.interruption = error
+        if self._head is not None and not self._head.done():
+            self._head.cancel()
+        elif self._stop is not None:
+            self._stop()
 
     async def wait_for_head(self, seconds: float) -> None:
         """Let the first event arrive for up to `seconds`; a failure within that time raises here.
@@ -81,19 +109,27 @@ class Run:
         if self._head is None:
             self._head = asyncio.ensure_future(self._first_batch())
         await _done_within(self._head, seconds)
+        if self._head.cancelled():  # stopped before it could start: stop_with()
+            self._head = None
+            raise self.interruption or asyncio.CancelledError()
         if self._head.done():
             error = self._head.exception()
             if error is not None and not isinstance(error, StopAsyncIteration):
                 self._head = None
-                self.outcome, self.error = "failed", str(error) or type(error).__name__
+                self.outcome, self.error = "failed", as_parley_error(error).message
                 raise error
 
     async def _first_batch(self) -> EventBatch:
         """The model's first batch with anything in it once normalised (StopAsyncIteration if none)."""
-        async for raw in self._batches:
-            batch = self._normalised(raw)
-            if batch:
-                return batch
+        try:
+            async for raw in self._batches:
+                batch = self._normalised(raw)
+                if batch:
+                    return batch
+        except asyncio.CancelledError:
+            if self.interruption is not None:
+                raise self.interruption from None
+            raise
         raise StopAsyncIteration
 
     def _normalised(self, batch: EventBatch) -> EventBatch:
@@ -107,6 +143,8 @@ class Run:
     async def batches(self) -> AsyncGenerator[EventBatch, None]:
         """The events in the batches the model made them: what a transport can send in one write."""
         try:
+            if self.interruption is not None:
+                raise self.interruption
             if self._head is not None:
                 head, self._head = self._head, None
                 try:
@@ -122,7 +160,7 @@ class Run:
                     yield batch
             self.outcome = "complete"
         except Exception as exc:
-            self.outcome, self.error = "failed", str(exc) or type(exc).__name__
+            self.outcome, self.error = "failed", as_parley_error(exc).message
             raise
         finally:
             self._ended_at = time.perf_counter()
@@ -154,7 +192,10 @@ class Run:
                 self._first_token_at = time.perf_counter()
 
     async def aclose(self) -> None:
-        """Stop the generation (if still running) and release the model."""
+        """Stop the generation (if still running), release the model, and run the end callbacks."""
+        if self._closed:
+            return
+        self._closed = True
         if self._head is not None:
             # The generator can't be closed while the head task is inside it: stop that first.
             self._head.cancel()
@@ -168,10 +209,19 @@ class Run:
             if self._ended_at is None:
                 self._ended_at = time.perf_counter()
             if self.outcome is None:
-                self.outcome = "cancelled"
+                self.outcome = "cancelled" if self.interruption is None else "failed"
+            if self.interruption is not None:
+                self.error = self.interruption.message
             callbacks, self._on_end = self._on_end, []
-            for callback in callbacks:
-                await callback(self)
+            try:
+                for callback in callbacks:
+                    try:
+                        await callback(self)
+                    except ParleyError as exc:
+                        self.end_failure = self.end_failure or exc
+            finally:
+                if self._on_closed is not None:
+                    self._on_closed(self)
 
     async def collect(self) -> None:
         """Run to the end, for replies that are not streamed."""

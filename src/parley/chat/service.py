@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
@@ -15,9 +16,12 @@ T = TypeVar("T")
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry, agents: list[AgentConfig]) -> None:
+    def __init__(
+        self, registry: ModelRegistry, agents: list[AgentConfig], track: Callable[[Run], None] | None = None
+    ) -> None:
         self._registry = registry
         self._agents = {agent.name: agent for agent in agents}
+        self._track = track  # told of every run begun (the server's drain waits for them)
 
     def agent(self, name: str) -> AgentConfig:
         agent = self._agents.get(name)
@@ -60,7 +64,10 @@ class ChatService:
                 max_tokens=_first(params.max_tokens, defaults.max_tokens),
             )
             request = replace(request, params=params)
-        return Run(entry.config.name, entry.model.stream(request), entry.normaliser(request))
+        run = Run(entry.config.name, entry.model.stream(request), entry.normaliser(request))
+        if self._track is not None:
+            self._track(run)
+        return run
 
 
 def with_system_prompt(request: ChatRequest, agent: AgentConfig | None) -> ChatRequest:

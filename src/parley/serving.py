@@ -1,0 +1,78 @@
+"""`parley serve`'s HTTP server: uvicorn, with a drain on SIGTERM and Ctrl-C before it stops.
+
+uvicorn's own shutdown gives running requests a fixed time and then cancels them, so a stream
+is cut with no final event and WebSockets are closed under a running reply. Here the first
+signal stops accepting connections and hands the running work to the app's `Lifecycle`, which
+lets replies finish within `shutdown_grace_seconds` and ends the rest with an error event; only
+then does uvicorn's shutdown run, with nothing left to cut. A second signal ends the grace
+period at once; a third stops the process the way uvicorn does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from parley.config import Settings
+from parley.lifecycle import Lifecycle
+
+log = logging.getLogger("parley.serving")
+
+# What uvicorn's own shutdown waits for connections after the drain: only the last writes.
+_AFTER_DRAIN_SECONDS = 5
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_seconds: float) -> None:
+        super().__init__(config)
+        self._lifecycle = lifecycle
+        self._grace_seconds = grace_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
+        self._draining: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._loop is None or not self.started or self._signals > 2:
+            super().handle_exit(sig, frame)
+        elif self._signals == 1:
+            self._loop.call_soon_threadsafe(self._begin_drain)
+        else:
+            self._loop.call_soon_threadsafe(self._lifecycle.expire)
+
+    def _begin_drain(self) -> None:
+        log.info("shutting down: no new connections; running replies get %gs to finish", self._grace_seconds)
+        for server in self.servers:
+            server.close()
+        self._draining = asyncio.get_running_loop().create_task(self._drain(), name="parley-drain")
+
+    async def _drain(self) -> None:
+        try:
+            await self._lifecycle.drain(self._grace_seconds)
+        finally:
+            self.should_exit = True
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # Parley logs one line per request itself, with its request id
+        timeout_graceful_shutdown=_AFTER_DRAIN_SECONDS,
+        # Nothing in Parley reads the client's address yet, so uvicorn's rewriting of it from
+        # X-Forwarded-For (a middleware layer every request passes) is off.
+        proxy_headers=False,
+    )
+    lifecycle: Lifecycle = app.state.lifecycle
+    DrainingServer(config, lifecycle, settings.shutdown_grace_seconds).run()
