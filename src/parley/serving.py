@@ -25,6 +25,7 @@ log = logging.getLogger("parley.serving")
 
 # What uvicorn's own shutdown waits for connections after the drain: only the last writes.
 _AFTER_DRAIN_SECONDS = 5
+WS_PROTOCOL_LIMIT_FACTOR = 4
 
 
 class DrainingServer(uvicorn.Server):
@@ -73,6 +74,9 @@ def serve(app: FastAPI, settings: Settings) -> None:
         # Nothing in Parley reads the client's address yet, so uvicorn's rewriting of it from
         # X-Forwarded-For (a middleware layer every request passes) is off.
         proxy_headers=False,
+        # Frames over max_body_bytes get an error frame from the app (the socket stays open); far
+        # larger ones are refused by the protocol itself, with a 1009 close frame.
+        ws_max_size=WS_PROTOCOL_LIMIT_FACTOR * settings.max_body_bytes,
     )
     lifecycle: Lifecycle = app.state.lifecycle
     DrainingServer(config, lifecycle, settings.shutdown_grace_seconds).run()

@@ -15,6 +15,7 @@ import uvicorn
 
 from parley.app import create_app
 from parley.config import Settings, load_settings
+from parley.serving import WS_PROTOCOL_LIMIT_FACTOR
 
 
 @contextlib.contextmanager
@@ -25,7 +26,14 @@ def running_parley(
     if settings is None:
         overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="parley-test-")))
         settings = load_settings(**overrides)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        ws_max_size=WS_PROTOCOL_LIMIT_FACTOR * settings.max_body_bytes,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="parley-test-server", daemon=True)
     thread.start()

@@ -11,7 +11,7 @@ from parley.chat.run import Run
 from parley.chat.service import ChatService, with_system_prompt
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.store.conversations import ConversationStore, new_conversation_id
-from parley.store.errors import ConversationNotFound
+from parley.store.errors import ConversationNotFound, ReplyNotSaved
 
 log = logging.getLogger("parley.chat")
 
@@ -79,8 +79,9 @@ class ConversationChat:
                     status=ended.outcome or "cancelled",
                     error=ended.error,
                 )
-            except Exception:  # the client has its reply; a storage failure is the operator's to see
+            except Exception as exc:  # the client is told (instead of message_complete); details to the log
                 log.exception("could not save reply %s of conversation %s", reply_id, conversation.id)
+                raise ReplyNotSaved() from exc
 
         run.on_end(save)
         return Turn(run, conversation.id, reply_id, agent, fitted.dropped)

@@ -47,6 +47,17 @@ class MessageNotStreaming(ParleyError):
         self.message_id = message_id
 
 
+class ReplyNotSaved(ParleyError):
+    """A reply was generated but could not be stored; the stream ends with this instead of completing."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "reply_not_saved"
+
+    def __init__(self) -> None:
+        super().__init__("the reply could not be saved: the conversation store is unavailable")
+
+
 class InvalidStoreInput(InvalidRequest):
     """A value the store won't keep (bad id, role, status, title, cursor); nothing was written."""
 
