@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.server import wait_ready
@@ -37,25 +38,42 @@ def run_parley(
     )
 
 
+@dataclass
+class ServerProcess:
+    """A running `parley serve`: its URL, the process (to signal), and what it printed."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+
 @contextlib.contextmanager
-def parley_serve(config: Path, *, ready_timeout: float = 120) -> Iterator[str]:
-    """`parley serve --config CONFIG` in a subprocess; yields its base URL once /ready says so."""
+def parley_process(config: Path, *, ready_timeout: float = 120) -> Iterator[ServerProcess]:
+    """`parley serve --config CONFIG` in a subprocess, once /ready says so; stopped afterwards if
+    the test didn't stop it. Its output goes to a file (a pipe nobody reads could fill and block it)."""
     port = free_port()
-    process = subprocess.Popen(
-        [str(PARLEY), "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
+    log = config.with_name(f"parley-{port}.log")
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(PARLEY), "serve", "--config", str(config), "--port", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
     try:
         try:
-            wait_ready(base_url, ready_timeout)
+            wait_ready(server.url, ready_timeout)
         except RuntimeError:
-            process.terminate()
-            output, _ = process.communicate(timeout=10)
-            raise RuntimeError(f"parley serve did not become ready; it printed:\n{output}") from None
-        yield base_url
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"parley serve did not become ready; it printed:\n{server.output()}") from None
+        yield server
     finally:
         if process.poll() is None:
             process.terminate()
@@ -64,5 +82,10 @@ def parley_serve(config: Path, *, ready_timeout: float = 120) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+
+
+@contextlib.contextmanager
+def parley_serve(config: Path, *, ready_timeout: float = 120) -> Iterator[str]:
+    """`parley serve --config CONFIG` in a subprocess; yields its base URL once /ready says so."""
+    with parley_process(config, ready_timeout=ready_timeout) as server:
+        yield server.url

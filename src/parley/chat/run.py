@@ -233,6 +233,11 @@ class Run:
         return "".join(self._text)
 
     @property
+    def pieces(self) -> int:
+        """How many pieces of text and reasoning have come: grows whenever the reply does."""
+        return len(self._text) + len(self._reasoning)
+
+    @property
     def reasoning(self) -> str | None:
         return "".join(self._reasoning) if self._reasoning else None
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from parley.chat.autosave import ReplyAutosave
 from parley.chat.context import fit_to_context
 from parley.chat.run import Run
 from parley.chat.service import ChatService, with_system_prompt
@@ -26,9 +27,10 @@ class Turn:
 
 
 class ConversationChat:
-    def __init__(self, chat: ChatService, store: ConversationStore) -> None:
+    def __init__(self, chat: ChatService, store: ConversationStore, autosave: ReplyAutosave) -> None:
         self._chat = chat
         self._store = store
+        self._autosave = autosave
 
     async def start(
         self,
@@ -58,15 +60,18 @@ class ConversationChat:
         # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
         max_tokens = params.max_tokens if params.max_tokens is not None else entry.config.defaults.max_tokens
         fitted = await fit_to_context(entry.model, request.messages, max_tokens)
-        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
         conversation = await self._store.get_or_create(
             conversation_id or new_conversation_id(), model=entry.config.name, agent=agent
         )
         await self._store.append_message(conversation.id, "user", message, agent=agent)
         reply_id = await self._store.start_assistant_message(conversation.id, model=entry.config.name, agent=agent)
+        # Begun once the turn is stored: a run is work the server's drain waits for until it is closed.
+        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
         store_reasoning = entry.config.store_reasoning
+        self._autosave.watch(reply_id, run, keep_reasoning=store_reasoning)
 
         async def save(ended: Run) -> None:
+            self._autosave.forget(reply_id)
             try:
                 await self._store.finish_message(
                     reply_id,

@@ -24,6 +24,15 @@ class TimingLike(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyProgress:
+    """What a reply still streaming has produced so far."""
+
+    message_id: str
+    content: str
+    reasoning: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: str
     conversation_id: str

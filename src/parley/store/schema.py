@@ -118,3 +118,5 @@ class MessageRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)  # revision 0002
     created_at: Mapped[datetime]
+    # Revision 0003: when a server last wrote this reply while it streamed; stale means its server died.
+    saved_at: Mapped[datetime | None]
