@@ -13,6 +13,10 @@ Targets: at 64 streams Parley keeps at least 40% of the direct throughput, and a
 1 ms to the time to first token at p50.
 
     uv run python bench/overhead.py [--duration 2] [--repeat 3] [--ttft-requests 400]
+
+With `--baseline DIR` (the `src` folder of another checkout, e.g. a `git worktree` of an older
+commit) a second Parley runs that code with this environment, measured in the same windows,
+interleaved: a change's cost, side by side in one run.
 """
 
 from __future__ import annotations
@@ -170,8 +174,9 @@ def fake_upstream(content_chunks: int) -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def parley_server(upstream_port: int, workdir: Path) -> Iterator[tuple[int, int]]:
-    """Yield (port, pid) of a `parley serve` in front of the upstream."""
+def parley_server(upstream_port: int, workdir: Path, source: Path | None = None) -> Iterator[tuple[int, int]]:
+    """Yield (port, pid) of a `parley serve` in front of the upstream (from `source` if given)."""
+    workdir.mkdir(exist_ok=True)
     config = workdir / "parley.toml"
     config.write_text(
         'log_level = "warning"\n'
@@ -182,7 +187,8 @@ def parley_server(upstream_port: int, workdir: Path) -> Iterator[tuple[int, int]
     )
     port = _free_port()
     executable = Path(sys.executable).parent / "parley"
-    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "parley.cli"]
+    command = [str(executable)] if executable.exists() and source is None else [sys.executable, "-m", "parley.cli"]
+    env = {**os.environ, "PYTHONPATH": str(source.resolve())} if source is not None else None
     log_path = workdir / "parley.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -190,6 +196,7 @@ def parley_server(upstream_port: int, workdir: Path) -> Iterator[tuple[int, int]
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
+            env=env,
         )
     try:
         asyncio.run(_wait_ready(f"http://127.0.0.1:{port}/ready", process, log_path))
@@ -300,27 +307,24 @@ async def throughput(
     return result
 
 
-async def time_to_first_token(
-    direct_url: str, parley_url: str, requests: int, max_seconds: float
-) -> tuple[list[float], list[float]]:
-    """Alternate direct and Parley requests one at a time, so drift in machine load hits both alike."""
-    direct: list[float] = []
-    parley: list[float] = []
-    connector = aiohttp.TCPConnector(limit=2)
+async def time_to_first_token(urls: list[str], requests: int, max_seconds: float) -> list[list[float]]:
+    """Alternate the servers one request at a time, so drift in machine load hits all alike."""
+    samples: list[list[float]] = [[] for _ in urls]
+    connector = aiohttp.TCPConnector(limit=len(urls))
     deadline = time.monotonic() + max_seconds
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        for url in (direct_url, parley_url):  # warm the connections
+        for url in urls:  # warm the connections
             for _ in range(20):
                 await _stream(session, url + CHAT_PATH)
         for _ in range(requests):
             if time.monotonic() > deadline:
                 break
-            for url, samples in ((direct_url, direct), (parley_url, parley)):
+            for url, kept in zip(urls, samples, strict=True):
                 first, _ = await _stream(session, url + CHAT_PATH, ttft=True)
                 if first is None:
                     raise BenchError(f"{url}: no content chunk")
-                samples.append(first * 1000)
-    return direct, parley
+                kept.append(first * 1000)
+    return samples
 
 
 def _load_average() -> str:
@@ -338,29 +342,34 @@ def percentile(samples: list[float], p: float) -> float:
 # --- the run -------------------------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace, upstream: tuple[int, int], parley: tuple[int, int]) -> int:
+async def bench(
+    args: argparse.Namespace,
+    upstream: tuple[int, int],
+    parley: tuple[int, int],
+    baseline: tuple[int, int] | None = None,
+) -> int:
     direct_url = f"http://127.0.0.1:{upstream[0]}"
-    parley_url = f"http://127.0.0.1:{parley[0]}"
-    await check_reply(direct_url, args.chunks)
-    await check_reply(parley_url, args.chunks)
+    servers = [("parley", parley)] + ([("baseline", baseline)] if baseline is not None else [])
+    urls = {"direct": direct_url} | {name: f"http://127.0.0.1:{port}" for name, (port, _) in servers}
+    for url in urls.values():
+        await check_reply(url, args.chunks)
 
     load_before = _load_average()
-    rows: list[tuple[int, Throughput, Throughput]] = []
+    rows: list[tuple[int, dict[str, Throughput]]] = []
     for concurrency in args.concurrency:
         best: dict[str, Throughput] = {}
-        sides = [("direct", direct_url, None), ("parley", parley_url, parley[1])]
+        sides = [("direct", direct_url, None)] + [(name, urls[name], pid) for name, (_, pid) in servers]
         for _ in range(args.repeat):  # interleaved, best of: noise on a shared machine only slows
             for name, url, pid in sides:
                 result = await throughput(url, concurrency, args.duration, args.warmup, args.max_requests, pid)
                 if name not in best or result.requests_per_second > best[name].requests_per_second:
                     best[name] = result
             sides.reverse()  # neither side always runs right after the other
-        rows.append((concurrency, best["direct"], best["parley"]))
+        rows.append((concurrency, best))
         print(f"  measured concurrency {concurrency}", file=sys.stderr, flush=True)
 
-    direct_ttft, parley_ttft = await time_to_first_token(
-        direct_url, parley_url, args.ttft_requests, args.ttft_max_seconds
-    )
+    samples = await time_to_first_token(list(urls.values()), args.ttft_requests, args.ttft_max_seconds)
+    ttft = dict(zip(urls, samples, strict=True))
 
     print()
     print(
@@ -376,41 +385,56 @@ async def bench(args: argparse.Namespace, upstream: tuple[int, int], parley: tup
         "work on the machine shows in these numbers (more in Parley's, which has the more processes to wake)"
     )
     print()
-    header = (
-        f"{'streams':>7} | {'direct req/s':>12} | {'parley req/s':>12} | {'ratio':>6} | "
-        f"{'parley CPU ms/req':>17} | {'parley CPU %':>12} | {'client CPU % direct/parley':>26}"
+    names = [name for name, _ in servers]
+    header = f"{'streams':>7} | {'direct req/s':>12}" + "".join(
+        f" | {name + ' req/s':>14} | {'ratio':>6} | {name + ' CPU ms/req':>19} | {'CPU %':>6}" for name in names
     )
     print(header)
     print("-" * len(header))
-    for concurrency, direct, via in rows:
-        ratio = via.requests_per_second / direct.requests_per_second if direct.requests_per_second else 0.0
-        cpu_ms = f"{via.cpu_ms_per_request:.2f}" if via.cpu_ms_per_request is not None else "n/a"
-        cpu_pct = f"{via.cpu_percent:.0f}" if via.cpu_percent is not None else "n/a"
-        client = f"{direct.client_cpu_percent:.0f}/{via.client_cpu_percent:.0f}"
-        print(
-            f"{concurrency:>7} | {direct.requests_per_second:>12.0f} | {via.requests_per_second:>12.0f} | "
-            f"{ratio:>6.2f} | {cpu_ms:>17} | {cpu_pct:>12} | {client:>26}"
+    for concurrency, best in rows:
+        direct = best["direct"]
+        line = f"{concurrency:>7} | {direct.requests_per_second:>12.0f}"
+        for name in names:
+            via = best[name]
+            ratio = via.requests_per_second / direct.requests_per_second if direct.requests_per_second else 0.0
+            cpu_ms = f"{via.cpu_ms_per_request:.2f}" if via.cpu_ms_per_request is not None else "n/a"
+            cpu_pct = f"{via.cpu_percent:.0f}" if via.cpu_percent is not None else "n/a"
+            line += f" | {via.requests_per_second:>14.0f} | {ratio:>6.2f} | {cpu_ms:>19} | {cpu_pct:>6}"
+        print(line)
+    print(
+        "client CPU % (direct/"
+        + "/".join(names)
+        + "): "
+        + ", ".join(
+            f"{concurrency} streams " + "/".join(f"{best[name].client_cpu_percent:.0f}" for name in ["direct", *names])
+            for concurrency, best in rows
         )
+    )
     print(
         "(client CPU near 100% in the direct runs means direct throughput is what this one-process "
         "load generator can read; Parley's own aiohttp client to the upstream costs about as much)"
     )
     print()
-    print(f"time to first content chunk, 1 stream, {len(direct_ttft)} requests each (alternating), ms:")
-    header = f"{'':>6} | {'direct':>8} | {'parley':>8} | {'added':>8}"
+    print(f"time to first content chunk, 1 stream, {len(ttft['direct'])} requests each (alternating), ms:")
+    header = f"{'':>6} | {'direct':>8}" + "".join(f" | {name:>8} | {'added':>8}" for name in names)
     print(header)
     print("-" * len(header))
     added: dict[int, float] = {}
     for p in (50, 99):
-        d, v = percentile(direct_ttft, p), percentile(parley_ttft, p)
-        added[p] = v - d
-        print(f"{'p' + str(p):>6} | {d:>8.3f} | {v:>8.3f} | {v - d:>8.3f}")
+        d = percentile(ttft["direct"], p)
+        line = f"{'p' + str(p):>6} | {d:>8.3f}"
+        for name in names:
+            v = percentile(ttft[name], p)
+            line += f" | {v:>8.3f} | {v - d:>8.3f}"
+            if name == "parley":
+                added[p] = v - d
+        print(line)
     print()
 
     verdicts = []
-    at_64 = [row for row in rows if row[0] == 64]
+    at_64 = [best for concurrency, best in rows if concurrency == 64]
     if at_64:
-        _, direct, via = at_64[0]
+        direct, via = at_64[0]["direct"], at_64[0]["parley"]
         ratio = via.requests_per_second / direct.requests_per_second
         target = TARGETS["throughput_ratio_at_64"]
         verdicts.append(
@@ -437,6 +461,7 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per run (default 200000)")
     parser.add_argument("--ttft-requests", type=int, default=400, help="TTFT samples per side (default 400)")
     parser.add_argument("--ttft-max-seconds", type=float, default=20.0, help="TTFT time cap (default 20)")
+    parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -446,10 +471,14 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="parley-bench-") as workdir,
         fake_upstream(args.chunks) as upstream,
-        parley_server(upstream[0], Path(workdir)) as parley,
+        parley_server(upstream[0], Path(workdir) / "parley") as parley,
+        contextlib.ExitStack() as others,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
-        return runner.run(bench(args, upstream, parley))
+        baseline = None
+        if args.baseline is not None:
+            baseline = others.enter_context(parley_server(upstream[0], Path(workdir) / "baseline", args.baseline))
+        return runner.run(bench(args, upstream, parley, baseline))
 
 
 if __name__ == "__main__":
