@@ -25,6 +25,10 @@ Scripts (the upstream `model` name):
   `stream` answers.
 - `status-400`, `status-401`, `status-429`, `status-500`: that status with an OpenAI error body;
   `status-400-flat`, `status-503-detail`, `status-502-html`: error bodies of other shapes.
+- `status-401-leaky`, `status-403`, `status-404`, `status-400-leaky`, `status-500-leaky`,
+  `error-mid-leaky`: error texts carrying a key, an internal host, project and model names
+  (LEAKY_TEXTS) that must stay inside Parley; `status-400-context`: llama-server's
+  context-size refusal.
 - (Parley model `unaccepting`): a port whose listen backlog is full, so connecting times out.
 """
 
@@ -85,13 +89,67 @@ ERROR_REPLIES: dict[str, tuple[int, Any]] = {
     "status-503-detail": (503, {"detail": "Model is still loading."}),
     # a proxy in front of the upstream
     "status-502-html": (502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    # error texts that carry what must stay inside Parley (LEAKY_TEXTS)
+    "status-401-leaky": (
+        401,
+        _openai_error(
+            "Incorrect API key provided: sk-li****9876. internal-host=10.1.2.3",
+            "invalid_request_error",
+            None,
+            "invalid_api_key",
+        ),
+    ),
+    "status-403": (
+        403,
+        _openai_error("Project proj_internal42 has no access to this model.", "invalid_request_error", None, None),
+    ),
+    "status-404": (
+        404,
+        _openai_error(
+            "The model `gpt-internal-7` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            None,
+            "model_not_found",
+        ),
+    ),
+    # param and code that are not plain names, and a message naming a host
+    "status-400-leaky": (
+        400,
+        _openai_error(
+            "Invalid content: shard internal-host=10.1.2.3 refused it.",
+            "invalid_request_error",
+            "messages; internal-host=10.1.2.3",
+            "invalid value at internal-host=10.1.2.3",
+        ),
+    ),
+    # llama-server: a prompt over the context, said its own way
+    "status-400-context": (
+        400,
+        {
+            "error": {
+                "code": 400,
+                "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": 5000,
+                "n_ctx": 4096,
+            }
+        },
+    ),
+    "status-500-leaky": (
+        500,
+        'Traceback (most recent call last):\n  File "/srv/internal/app.py", line 7\nOSError: internal-host=10.1.2.3',
+    ),
 }
+
+# Words of the `*-leaky`, `status-403` and `status-404` scripts (and `error-mid-leaky`) that no client may see.
+LEAKY_TEXTS = ["sk-li", "9876", "10.1.2.3", "internal-host", "proj_internal42", "gpt-internal-7", "/srv/internal"]
 
 SCRIPTS = [
     *("text", "tools", "reasoning", "reasoning-field", "ragged", "json-only", "json-tools", "echo-raw"),
     *("stall", "silent", "hang", "slow"),
     *("error-mid", "drop", "cut", "malformed", "wrong-shape"),
     *ERROR_REPLIES,
+    "error-mid-leaky",
 ]
 
 
@@ -403,6 +461,9 @@ class Upstream:
         if answer.model == "error-mid":
             error = {"message": "The upstream model crashed.", "type": "server_error", "code": "model_crashed"}
             await answer.send({"error": error})
+        elif answer.model == "error-mid-leaky":
+            leaky = {"message": "worker internal-host=10.1.2.3 ran out of memory", "type": "server_error"}
+            await answer.send({"error": leaky})
         elif answer.model == "wrong-shape":
             await answer.delta({"content": {"text": "not a string"}})
             await answer.send("[DONE]")

@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from parley.errors import InternalError, InvalidRequest, ParleyError
+from parley.api.middleware import unexpected_error
+from parley.errors import InvalidRequest, ParleyError
 
 log = logging.getLogger("parley.errors")
 
@@ -49,14 +50,15 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _response(InternalError("internal error; see the server log for details"))
+    return _response(unexpected_error(exc, request.method, request.url.path))
 
 
 _HANDLERS = (
     (ParleyError, _parley_error),
     (RequestValidationError, _validation_error),
     (HTTPException, _http_error),
+    # Reached through error_response (the /v1 route). Registered, it is Starlette's last resort:
+    # RequestContextMiddleware answers unexpected errors before they get that far.
     (Exception, _unexpected_error),
 )
 

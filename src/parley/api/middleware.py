@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, one log line per request, and a body size limit.
+"""Pure ASGI middleware: request ids, one log line per request, a body size limit, the last-resort 500.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which buffers nothing but adds a task
 and a memory stream per request and gets in the way of streamed responses.
@@ -12,24 +12,41 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from parley.errors import PayloadTooLarge
+from parley import logs
+from parley.errors import InternalError, ParleyError, PayloadTooLarge
 from parley.ids import unique_hex
+from parley.logs import client_request_id, printable
 
 log = logging.getLogger("parley.access")
+errors_log = logging.getLogger("parley.errors")
 
 
 class RequestContextMiddleware:
+    """The outermost of Parley's middleware: ids, the access log line, the body limit, and the 500.
+
+    An exception no handler took is answered here with a JSON 500 and logged once, with its
+    traceback and request id; it is not raised on, so uvicorn keeps the connection open
+    for the client's next request (Starlette's ServerErrorMiddleware re-raises, and uvicorn
+    then closes it). WebSocket connections get an id too.
+    """
+
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self._app = app
         self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
             await self._app(scope, receive, send)
-            return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or unique_hex()
+        request_id = client_request_id(headers.get(b"x-request-id")) or unique_hex()
         scope.setdefault("state", {})["request_id"] = request_id
+        token = logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 0
 
@@ -46,15 +63,50 @@ class RequestContextMiddleware:
                 await _send_error(send_with_id, PayloadTooLarge(too_large))
             else:
                 await self._app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A ParleyError is an answer that came this far (from a middleware); anything else is a bug.
+            error = exc if isinstance(exc, ParleyError) else unexpected_error(exc, scope["method"], scope["path"])
+            if status == 0:
+                await _send_error(send_with_id, error)
+            # else the response had started (a stream): it stays incomplete and uvicorn ends the connection.
         finally:
             log.info(
                 "%s %s %s %d %.1fms",
                 request_id,
                 scope["method"],
-                scope["path"],
+                printable(scope["path"]),
                 status,
                 (time.perf_counter() - started) * 1000,
             )
+            logs.request_id.reset(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = client_request_id(dict(scope["headers"]).get(b"x-request-id")) or unique_hex()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = logs.request_id.set(request_id)
+        started = time.perf_counter()
+        close_code: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal close_code
+            kind = message["type"]
+            if kind == "websocket.accept":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif kind == "websocket.close":
+                close_code = message.get("code", 1000)
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "%s WEBSOCKET %s %s %.1fms",
+                request_id,
+                printable(scope["path"]),
+                "-" if close_code is None else close_code,
+                (time.perf_counter() - started) * 1000,
+            )
+            logs.request_id.reset(token)
 
     async def _limit_body(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[str | None, Receive]:
         limit = self._max_body_bytes
@@ -90,7 +142,14 @@ class RequestContextMiddleware:
         return None, replay
 
 
-async def _send_error(send: Send, error: PayloadTooLarge) -> None:
+def unexpected_error(exc: BaseException, method: str, path: str) -> InternalError:
+    """Log an exception no handler took, with its traceback, and give the error its client sees."""
+    request_id = logs.current_request_id()
+    errors_log.error("%s unhandled error on %s %s", request_id, method, printable(path), exc_info=exc)
+    return InternalError(f"internal error; the server log has the details under request id {request_id}")
+
+
+async def _send_error(send: Send, error: ParleyError) -> None:
     body = json.dumps(error.to_body()).encode()
     await send(
         {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,8 +22,18 @@ from parley.errors import (
     UpstreamTimeout,
 )
 from parley.events import EventBatch, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from parley.logs import current_request_id, printable
 from parley.models.base import ChatRequest, Model
 from parley.models.sse_decoder import SSEDecodeError, SSEDecoder
+
+UNREADABLE = "the upstream sent a reply Parley could not read"
+
+# What of an upstream's refusal may reach the client: plain names, never free text.
+_CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,127}")
+_RETRY_AFTER = re.compile(r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9:]{8} GMT")
+
+log = logging.getLogger("parley.models.openai")
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -47,6 +59,8 @@ class OpenAICompatModel(Model):
         self._config = config
         # Parsed once: aiohttp would parse a string URL again for every request.
         self._url = URL(config.base_url.rstrip("/") + "/chat/completions")
+        # For the log: where the upstream is, without credentials a URL may carry.
+        self._where = str(self._url.with_user(None).with_query(None))
         self._session: aiohttp.ClientSession | None = None
 
     def _api_key(self) -> str | None:
@@ -105,7 +119,8 @@ class OpenAICompatModel(Model):
         try:
             async with self._session.post(self._url, data=self._body(request)) as response:
                 if response.status != 200:
-                    raise _status_error(response.status, await response.read(), response.headers.get("Retry-After"))
+                    body = await response.read()
+                    raise _status_error(self.name, response.status, body, response.headers.get("Retry-After"))
                 state = _StreamState()
                 if response.content_type == "application/json":
                     # A server that ignores `stream` answers with the whole completion at once.
@@ -121,16 +136,43 @@ class OpenAICompatModel(Model):
                         for batch in state.batches(decoder.finish()):
                             yield batch
                 yield state.close()
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamTimeout(
-                f"upstream {self.name!r} did not accept a connection within {self._config.connect_timeout:g} s"
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream {self.name!r} sent nothing for {self._config.read_timeout:g} s") from exc
-        except SSEDecodeError as exc:
-            raise UpstreamError(f"upstream {self.name!r}: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        except ParleyError as exc:  # an error status, an error event, or a reply that can't be read
+            self._log_failure(exc)
+            raise
+        except (aiohttp.ClientError, TimeoutError, SSEDecodeError) as exc:
+            error = self._transport_failure(exc)
+            self._log_failure(error)
+            raise error from exc
+
+    def _transport_failure(self, exc: Exception) -> UpstreamError:
+        """What the client is told when the connection failed; the exception itself is for the log."""
+        config = self._config
+        what = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(
+                "the upstream did not accept a connection in time",
+                detail=f"accepted no connection within {config.connect_timeout:g} s ({what})",
+            )
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(
+                f"the upstream did not answer in time (nothing for {config.read_timeout:g} s)",
+                detail=f"sent nothing for {config.read_timeout:g} s ({what})",
+            )
+        if isinstance(exc, SSEDecodeError):
+            return UpstreamError(UNREADABLE, detail=str(exc))
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamError("the upstream could not be reached", detail=f"could not be reached: {what}")
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            return UpstreamError(
+                "the upstream closed the connection before the reply was finished", detail=f"broke off: {what}"
+            )
+        return UpstreamError("the upstream failed", detail=f"failed: {what}")
+
+    def _log_failure(self, error: ParleyError) -> None:
+        # A refusal of the request itself (too long, rate limited) is the client's business: info.
+        level = logging.INFO if error.status_code < 500 else logging.WARNING
+        detail = printable(error.detail or error.message)
+        log.log(level, "%s upstream %r %s [%s]", current_request_id(), self.name, detail, self._where)
 
 
 class _StreamState:
@@ -186,7 +228,9 @@ class _StreamState:
     def _chunk(self, chunk: dict[str, Any], events: list[StreamEvent]) -> None:
         # One function for the whole chunk, not one per level: this runs for every token.
         if chunk.get("error"):
-            raise UpstreamError(f"upstream failed mid-stream: {_error_message(chunk)}")
+            raise UpstreamError(
+                "the upstream failed during the reply", detail=f"sent an error: {_error_message(chunk)}"
+            )
         try:
             choices = chunk.get("choices")
             if choices:
@@ -210,12 +254,15 @@ class _StreamState:
             if usage is not None:
                 events.append(Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
         except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:  # JSON, not a chunk's shape
-            raise UpstreamError(f"upstream sent a malformed chunk: {json.dumps(chunk)[:200]!r}") from exc
+            raise UpstreamError(UNREADABLE, detail=f"sent a malformed chunk: {json.dumps(chunk)[:200]}") from exc
 
     def close(self) -> list[StreamEvent]:
         # Some servers send [DONE] without a finish_reason; without either, the reply was cut.
         if self._finish is None and not self.done:
-            raise UpstreamError("upstream stream ended before the reply was finished")
+            raise UpstreamError(
+                "the upstream stream ended before the reply was finished",
+                detail="ended its stream with neither a finish_reason nor [DONE]",
+            )
         return [Finish(self._finish or "stop")]
 
 
@@ -245,9 +292,9 @@ def _parse_object(data: bytes, what: str) -> dict[str, Any]:
         # orjson: parsing every chunk is the largest per-token cost of a proxied stream.
         parsed = orjson.loads(data)
     except ValueError as exc:
-        raise UpstreamError(f"upstream sent a malformed {what}: {data[:200]!r}") from exc
+        raise UpstreamError(UNREADABLE, detail=f"sent a malformed {what}: {data[:200]!r}") from exc
     if not isinstance(parsed, dict):
-        raise UpstreamError(f"upstream sent a malformed {what}: {data[:200]!r}")
+        raise UpstreamError(UNREADABLE, detail=f"sent a malformed {what}: {data[:200]!r}")
     return parsed
 
 
@@ -274,29 +321,50 @@ def _error_fields(payload: Any) -> dict[str, Any]:
 
 def _error_message(payload: Any) -> str:
     message = _error_fields(payload).get("message")
-    return str(message) if message else json.dumps(payload)[:500]
+    return (str(message) if message else json.dumps(payload))[:500]
 
 
-def _status_error(status: int, body: bytes, retry_after: str | None = None) -> ParleyError:
+def _status_error(model: str, status: int, body: bytes, retry_after: str | None = None) -> ParleyError:
+    """The error for an upstream's error status, in Parley's words; the upstream's own go to `detail`."""
     try:
         payload = json.loads(body)
     except ValueError:
         payload = None
     error = _error_fields(payload)
-    text = str(error.get("message") or "") or body.decode("utf-8", errors="replace").strip()[:500]
-    message = f"upstream answered {status}: {text or '(empty body)'}"
-    if status in (400, 404, 422):
+    text = (str(error.get("message") or "") or body.decode("utf-8", errors="replace").strip())[:500]
+    detail = f"answered {status}: {text or '(empty body)'}"
+    if status in (400, 422):
         # The client's request was refused: keep the upstream's pointers to what was wrong
-        # (e.g. code "context_length_exceeded", param "messages") so clients can act on them.
-        param, code = error.get("param"), error.get("code")
-        return InvalidRequest(
-            message,
-            param=param if isinstance(param, str) else None,
-            code=code if isinstance(code, str) else "upstream_rejected",
-        )
+        # (e.g. code "context_length_exceeded", param "messages") when they are plain names.
+        param, code = _plain(error.get("param"), _PARAM), _plain(error.get("code"), _CODE)
+        if code == "context_length_exceeded" or _too_long(error, text):
+            message = f"the conversation is too long for model {model!r}"
+            return InvalidRequest(message, param=param or "messages", code="context_length_exceeded", detail=detail)
+        message = "the upstream refused the request as invalid"
+        return InvalidRequest(message, param=param, code=code or "upstream_rejected", detail=detail)
+    if status in (401, 403):
+        # The upstream's key is Parley's configuration, not the client's: a gateway failure.
+        message = "the upstream refused the API key" if status == 401 else "the upstream refused access"
+        return UpstreamError(message, code="upstream_auth_failed", detail=detail)
+    if status == 404:
+        # The route or the model named in Parley's configuration is not there: not the client's doing.
+        return UpstreamError("the upstream has no such model or route", code="upstream_not_found", detail=detail)
     if status == 429:
         # The upstream's Retry-After tells clients (the openai client honours it) when to come back.
-        return RateLimited(message, headers={"Retry-After": retry_after} if retry_after else None)
+        headers = {"Retry-After": retry_after} if retry_after and _RETRY_AFTER.fullmatch(retry_after) else None
+        return RateLimited("the upstream is rate limiting requests", headers=headers, detail=detail)
     if status in (408, 504):
-        return UpstreamTimeout(message)
-    return UpstreamError(message)
+        return UpstreamTimeout("the upstream did not answer in time", detail=detail)
+    return UpstreamError("the upstream failed", detail=detail)
+
+
+def _plain(value: Any, pattern: re.Pattern[str]) -> str | None:
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
+
+
+def _too_long(error: dict[str, Any], text: str) -> bool:
+    """Whether an upstream's refusal says the prompt is over the model's context (each says it its own way)."""
+    if error.get("type") == "exceed_context_size_error":  # llama-server
+        return True
+    lowered = text.lower()
+    return "context length" in lowered or "context size" in lowered or "context window" in lowered
