@@ -7,6 +7,7 @@ import logging
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.server import running_parley
@@ -88,7 +89,11 @@ def test_ready_reports_a_lost_database() -> None:
             asyncio.run(drop_postgres_database(url))
             lost = httpx.get(f"{parley}/ready")
             assert lost.status_code == 503
+            assert lost.json()["database"] == "database unreachable"
             assert "database unreachable" in lost.json()["reason"]
+            # The component is named; the database's name, host and the driver's words stay in the log.
+            for secret in (make_url(url).database, "127.0.0.1", "5432", "does not exist"):
+                assert str(secret) not in lost.text, lost.text
             assert httpx.get(f"{parley}/health").status_code == 200, "the process itself is still alive"
     finally:
         asyncio.run(drop_postgres_database(url))

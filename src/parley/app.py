@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.aclose()
+            await store.stop_repairs()
             await store.aclose()
 
     app = FastAPI(

@@ -19,15 +19,28 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "A model is still loading or failed to load."}})
+@router.get(
+    "/ready",
+    responses={
+        503: {
+            "description": (
+                "Not ready, with the reason: a model is loading or failed to load, or the database is "
+                "unreachable or without Parley's schema (which the server sets up again by itself)."
+            )
+        }
+    },
+)
 async def ready(registry: RegistryDep, store: StoreDep) -> JSONResponse:
-    """Every configured model is loaded and the database answers; 503 with the reason otherwise."""
+    """Every configured model is loaded and the database serves; 503 with the reason otherwise.
+
+    The database's reason names the component only ("database unreachable", "database schema
+    missing"); its URL, host and the driver's words go to the server log.
+    """
     models: dict[str, Any] = {}
     problems: list[str] = []
-    try:
-        await store.ping()
-    except Exception as exc:  # any failure to reach the database is the reason, not a 500
-        problems.append(f"database unreachable: {type(exc).__name__}: {exc}")
+    database = await store.readiness()
+    if database is not None:
+        problems.append(database)
     for entry in registry.entries():
         models[entry.config.name] = {"state": entry.state.value, "error": entry.error}
         if entry.state is ModelState.LOADING:
@@ -35,5 +48,6 @@ async def ready(registry: RegistryDep, store: StoreDep) -> JSONResponse:
         elif entry.state is ModelState.FAILED:
             problems.append(f"model {entry.config.name!r} failed to load: {entry.error}")
     if problems:
-        return JSONResponse({"status": "unavailable", "reason": "; ".join(problems), "models": models}, 503)
-    return JSONResponse({"status": "ready", "models": models})
+        body = {"status": "unavailable", "reason": "; ".join(problems), "database": database or "ok", "models": models}
+        return JSONResponse(body, 503)
+    return JSONResponse({"status": "ready", "database": "ok", "models": models})

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from parley.events import Usage
 from parley.models.base import ChatMessage
 from parley.store import export, inputs
+from parley.store.availability import Availability
 from parley.store.engine import create_engine, writer
 from parley.store.errors import (
     ConversationExists,
@@ -80,6 +81,7 @@ class ConversationStore:
         # SQLite has one writer at a time, and a writer kept waiting polls with growing sleeps:
         # this server's own writes queue here instead (other processes still meet the busy timeout).
         self._write_turn = asyncio.Lock() if self._dialect == "sqlite" else None
+        self._availability = Availability(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -89,9 +91,14 @@ class ConversationStore:
         await self._engine.dispose()
 
     async def ping(self) -> None:
-        """Raise if the database can't be reached (for readiness checks)."""
-        async with self._engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        """Raise StoreUnavailable if the database can't be reached."""
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            if (error := self._availability.failed(exc)) is None:
+                raise
+            raise error from exc
 
     # --- conversations --------------------------------------------------------------------------
 
@@ -322,21 +329,50 @@ class ConversationStore:
             )
             return len(result.all())
 
+    # --- availability ---------------------------------------------------------------------------
+
+    async def readiness(self) -> str | None:
+        """None when the store can serve; else why not ("database unreachable", "database schema
+        missing", ...), naming no host or database. A missing or older schema is set up again in
+        the background (at most every few seconds)."""
+        return await self._availability.check()
+
+    async def stop_repairs(self) -> None:
+        """Stop waiting for a schema repair in progress (before `aclose`, when the server stops)."""
+        await self._availability.aclose()
+
     # --- internals ------------------------------------------------------------------------------
+
+    # A database that can't be used becomes StoreUnavailable (503) here, in _read and _write, for
+    # every method; other errors pass unchanged. On success the cost is one attribute read.
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
-        async with self._reading() as session, session.begin():
-            yield session
+        try:
+            async with self._reading() as session, session.begin():
+                yield session
+        except Exception as exc:
+            if (error := self._availability.failed(exc)) is None:
+                raise
+            raise error from exc
+        if self._availability.down is not None:
+            self._availability.recovered()
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
-        async with contextlib.AsyncExitStack() as stack:
-            if self._write_turn is not None:
-                await stack.enter_async_context(self._write_turn)
-            session = await stack.enter_async_context(self._writing())
-            await stack.enter_async_context(session.begin())
-            yield session
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._write_turn is not None:
+                    await stack.enter_async_context(self._write_turn)
+                session = await stack.enter_async_context(self._writing())
+                await stack.enter_async_context(session.begin())
+                yield session
+        except Exception as exc:
+            if (error := self._availability.failed(exc)) is None:
+                raise
+            raise error from exc
+        if self._availability.down is not None:
+            self._availability.recovered()
 
     def _now(self) -> datetime:
         """UTC now, strictly increasing within this store, so "newest first" never ties here."""

@@ -15,6 +15,7 @@ from parley.store.urls import async_url, sqlite_path
 # once with SQLITE_BUSY when another connection wrote in between, where IMMEDIATE waits its turn.
 WRITE = "parley_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 def create_engine(url: str | URL) -> AsyncEngine:
@@ -27,8 +28,11 @@ def create_engine(url: str | URL) -> AsyncEngine:
         engine = create_async_engine(target)
         _configure_sqlite(engine.sync_engine)
         return engine
-    # pre_ping: a connection the server closed (restart, idle timeout) is replaced, not handed out.
-    return create_async_engine(target, pool_pre_ping=True)
+    # pre_ping: a connection the server closed (restart, idle timeout, database dropped) is
+    # replaced, not handed out. A connect that gets no answer fails in CONNECT_TIMEOUT_SECONDS
+    # (asyncpg's default is 60), unless the URL sets `timeout` itself.
+    connect_args = {} if "timeout" in target.query else {"timeout": CONNECT_TIMEOUT_SECONDS}
+    return create_async_engine(target, pool_pre_ping=True, connect_args=connect_args)
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

@@ -58,6 +58,29 @@ class ReplyNotSaved(ParleyError):
         super().__init__("the reply could not be saved: the conversation store is unavailable")
 
 
+class StoreUnavailable(ParleyError):
+    """The database can't be used right now (unreachable, shutting down, busy, or without Parley's schema).
+
+    The message is Parley's own and names no host or database; the driver's words go to `detail`
+    (the log). The client may retry: a failed transaction was rolled back (unless the connection
+    was lost during its commit, when the outcome is unknown).
+    """
+
+    status_code = 503
+    error_type = "server_error"
+    code = "store_unavailable"
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, reason: str, *, detail: str | None = None, schema: bool = False) -> None:
+        super().__init__(
+            f"the conversation store is unavailable ({reason}); retry shortly",
+            headers={"Retry-After": str(self.RETRY_AFTER_SECONDS)},
+            detail=detail,
+        )
+        self.reason = reason  # "database unreachable", "database schema missing", ...: no names or hosts
+        self.schema = schema  # the database answers, without the tables Parley needs: migrating fixes it
+
+
 class InvalidStoreInput(InvalidRequest):
     """A value the store won't keep (bad id, role, status, title, cursor); nothing was written."""
 
