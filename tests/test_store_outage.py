@@ -152,8 +152,11 @@ def test_a_reply_whose_database_is_dropped_mid_stream_ends_with_reply_not_saved(
         assert_no_secrets(json.dumps(events), postgres_url)
 
 
-def test_sqlite_tables_lost_under_a_running_server_are_set_up_again(tmp_path: Path) -> None:
+def test_sqlite_tables_lost_under_a_running_server_are_set_up_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The data file emptied (its tables dropped by another program): the server builds its schema again."""
+    caplog.set_level(logging.WARNING, logger="parley.store")
     url = f"sqlite:///{tmp_path / 'parley.db'}"
     with running_parley(models=MODELS, database_url=url) as parley:
         assert chat(parley, "first").status_code == 200
@@ -175,6 +178,11 @@ def test_sqlite_tables_lost_under_a_running_server_are_set_up_again(tmp_path: Pa
         assert reply.status_code == 200, reply.text
         listed = httpx.get(f"{parley}/api/conversations").json()["data"]
         assert [item["id"] for item in listed] == [reply.json()["conversation_id"]]
+    logged = [r.getMessage() for r in caplog.records if r.name == "parley.store"]
+    assert any("database schema missing" in line and "no such table" in line for line in logged), logged
+    assert any("database schema set up again" in line for line in logged), logged
+    # The driver's words only: no statements or their parameters (a user's text) in the log.
+    assert not any("[SQL:" in line or "[parameters:" in line for line in logged), logged
 
 
 async def test_a_sqlite_file_that_cannot_be_opened_is_store_unavailable(tmp_path: Path) -> None:

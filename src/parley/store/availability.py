@@ -62,7 +62,13 @@ def as_unavailable(exc: BaseException) -> StoreUnavailable | None:
     if reason is None:
         return None
     schema = reason in (SCHEMA_MISSING, SCHEMA_BEHIND)
-    return StoreUnavailable(reason, detail=f"{type(exc).__name__}: {exc}", schema=schema)
+    return StoreUnavailable(reason, detail=_driver_words(exc), schema=schema)
+
+
+def _driver_words(exc: BaseException) -> str:
+    """What the driver said, without SQLAlchemy's statement and parameters (a user's message text)."""
+    said = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    return f"{type(said).__name__}: {said}"
 
 
 def _reason(exc: BaseException) -> str | None:
@@ -137,7 +143,7 @@ class Availability:
         try:
             await migrate(self._engine)
         except Exception as exc:
-            log.warning("could not set up the database schema again: %s: %s", type(exc).__name__, exc)
+            log.warning("could not set up the database schema again: %s", _driver_words(exc))
         else:
             log.warning("database schema set up again")
 
@@ -149,7 +155,7 @@ class Availability:
         except Exception as exc:
             error = self.failed(exc)
             if error is None:  # not a known outage, but /ready still answers, and says so
-                log.warning("readiness check of the database failed: %s: %s", type(exc).__name__, exc)
+                log.warning("readiness check of the database failed: %s", _driver_words(exc))
                 return UNREACHABLE
             return error.reason
         head, known = await self._known_revisions()
