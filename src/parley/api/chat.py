@@ -11,12 +11,13 @@ from sse_starlette import ServerSentEvent
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.chat_schema import STREAM_EVENT_MODELS, ChatBody, ChatReply, UsageOut, timing_out, tool_calls_out
 from parley.api.deps import ConversationChatDep
+from parley.api.input_limits import CheckedJSONRoute
 from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.errors import ParleyError
 from parley.events import EventBatch
 from parley.models.base import GenerationParams
 
-router = APIRouter(prefix="/api", tags=["Parley chat API"])
+router = APIRouter(prefix="/api", tags=["Parley chat API"], route_class=CheckedJSONRoute)
 
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {

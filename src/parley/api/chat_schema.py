@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parley.api.input_limits import ConversationId, Flag, MaxTokens, Name, Temperature
 from parley.chat.run import Run
 from parley.events import Usage
 from parley.models.base import ToolCall
@@ -15,12 +16,14 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(min_length=1, description="The user's message.")
-    conversation_id: str | None = Field(default=None, max_length=128, description="Continue this conversation.")
-    model: str | None = Field(default=None, description="A model name from `/v1/models`; default: the first.")
-    agent: str | None = Field(default=None, description="A configured agent, with its own system prompt.")
-    stream: bool = Field(default=True, description="Stream SSE events (true) or reply once with JSON.")
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    conversation_id: ConversationId | None = Field(
+        default=None, description="Continue this conversation, or start one under this id."
+    )
+    model: Name | None = Field(default=None, description="A model name from `/v1/models`; default: the first.")
+    agent: Name | None = Field(default=None, description="A configured agent, with its own system prompt.")
+    stream: Flag = Field(default=True, description="Stream SSE events (true) or reply once with JSON.")
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
 
 
 class UsageOut(BaseModel):

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from parley.api.chat_schema import UsageOut
 from parley.api.deps import StoreDep
+from parley.api.input_limits import CheckedJSONRoute, is_conversation_id
+from parley.store.errors import ConversationNotFound
 
-router = APIRouter(prefix="/api/conversations", tags=["Conversations"])
+router = APIRouter(prefix="/api/conversations", tags=["Conversations"], route_class=CheckedJSONRoute)
+
+
+def _conversation_id(conversation_id: Annotated[str, Path()]) -> str:
+    """A conversation id from the path; one no conversation can have is simply not found (404)."""
+    if not is_conversation_id(conversation_id):
+        raise ConversationNotFound(conversation_id[:200])
+    return conversation_id
+
+
+ConversationIdPath = Annotated[str, Depends(_conversation_id)]
 
 
 class ConversationOut(BaseModel):
@@ -56,7 +69,7 @@ class ConversationPageOut(BaseModel):
 class Rename(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200)
+    title: StrictStr = Field(min_length=1, max_length=200)
 
 
 @router.get("")
@@ -73,17 +86,17 @@ async def list_conversations(
 
 
 @router.get("/{conversation_id}")
-async def get_conversation(conversation_id: str, store: StoreDep) -> ConversationDetail:
+async def get_conversation(conversation_id: ConversationIdPath, store: StoreDep) -> ConversationDetail:
     return ConversationDetail.model_validate((await store.get_conversation(conversation_id)).to_dict())
 
 
 @router.patch("/{conversation_id}")
-async def rename_conversation(conversation_id: str, body: Rename, store: StoreDep) -> ConversationOut:
+async def rename_conversation(conversation_id: ConversationIdPath, body: Rename, store: StoreDep) -> ConversationOut:
     return ConversationOut.model_validate((await store.rename(conversation_id, body.title)).to_dict())
 
 
 @router.delete("/{conversation_id}", status_code=204)
-async def delete_conversation(conversation_id: str, store: StoreDep) -> Response:
+async def delete_conversation(conversation_id: ConversationIdPath, store: StoreDep) -> Response:
     await store.delete(conversation_id)
     return Response(status_code=204)
 
@@ -94,7 +107,7 @@ async def delete_conversation(conversation_id: str, store: StoreDep) -> Response
     response_model=None,
 )
 async def export_conversation(
-    conversation_id: str, store: StoreDep, format: Literal["json", "markdown"] = "json"
+    conversation_id: ConversationIdPath, store: StoreDep, format: Literal["json", "markdown"] = "json"
 ) -> Response:
     """The whole conversation as a JSON document or as Markdown, as a download."""
     if format == "markdown":
@@ -102,9 +115,12 @@ async def export_conversation(
         return PlainTextResponse(
             body,
             media_type="text/markdown; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{conversation_id}.md"'},
+            headers=_download(conversation_id, "md"),
         )
-    return JSONResponse(
-        await store.export_json(conversation_id),
-        headers={"Content-Disposition": f'attachment; filename="{conversation_id}.json"'},
-    )
+    return JSONResponse(await store.export_json(conversation_id), headers=_download(conversation_id, "json"))
+
+
+def _download(conversation_id: str, extension: str) -> dict[str, str]:
+    """A Content-Disposition header whatever the id holds: only characters safe in a header and a filename."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", conversation_id)[:128]
+    return {"Content-Disposition": f'attachment; filename="{name}.{extension}"'}

@@ -45,7 +45,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    error = InvalidRequest(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    code = "not_found" if exc.status_code == 404 else None
+    # With its headers: a 405's Allow, a 401's WWW-Authenticate.
+    error = InvalidRequest(str(exc.detail), code=code, headers=dict(exc.headers or {}))
     return _response(error, exc.status_code)
 
 

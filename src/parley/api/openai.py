@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -16,15 +15,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from parley.api.deps import RegistryDep
 from parley.api.error_handlers import error_response
+from parley.api.input_limits import loads_object
 from parley.api.openai_wire import ChatCompletionBody, ChunkEncoder, completion
 from parley.api.streaming import collect_unless_disconnected, stream_run
-from parley.errors import InvalidRequest
 from parley.models.registry import ModelState
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
-_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
 class ChatCompletionsRoute:
@@ -60,8 +58,8 @@ class ChatCompletionsRoute:
         raw = await _read_body(receive)
         if raw is None:  # the client left before it finished sending
             return None
-        body = _validated(raw)
         state = scope["app"].state
+        body = _validated(raw, state.settings.max_json_depth)
         run = state.chat.start(body.to_request(), model=body.model)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -88,13 +86,8 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(parts)
 
 
-def _validated(raw: bytes) -> ChatCompletionBody:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"request body must be a JSON object, not {_JSON_KINDS.get(type(data), 'that')}")
+def _validated(raw: bytes, max_depth: int) -> ChatCompletionBody:
+    data = loads_object(raw, max_depth=max_depth)
     try:
         # From Python objects, as FastAPI validates bodies: the same messages as every other route.
         return ChatCompletionBody.model_validate(data)

@@ -6,8 +6,9 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from parley.api.input_limits import MAX_STOP_SEQUENCES, Flag, MaxTokens, Name, Seed, Temperature, TopP
 from parley.chat.run import Run
 from parley.errors import ParleyError
 from parley.events import EventBatch, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
@@ -15,7 +16,7 @@ from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: Flag = False
 
 
 class FunctionSpec(BaseModel):
@@ -34,24 +35,35 @@ class ToolSpec(BaseModel):
 
 
 class ChatCompletionBody(BaseModel):
-    """What `/v1/chat/completions` accepts. Unknown fields are ignored, as OpenAI clients expect."""
+    """What `/v1/chat/completions` accepts. Unknown fields are ignored, as OpenAI clients expect.
+
+    Types are strict (`true` is not a number, `"no"` not a boolean) and integers bounded (see
+    `parley.api.input_limits`); the official clients send nothing these refuse.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
+    model: Name
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: Flag = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice is generated.")
+    seed: Seed | None = None
+    n: StrictInt = Field(default=1, ge=1, le=1, description="Only one choice is generated.")
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, not {len(stop)}")
+        return stop
 
     def to_request(self) -> ChatRequest:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from parley.api.input_limits import MaxTokens, Name, Temperature, loads_object
 from parley.errors import InvalidRequest
 
 
@@ -15,10 +15,10 @@ class MessageFrame(BaseModel):
 
     type: Literal["message"] = "message"
     message: str = Field(min_length=1)
-    model: str | None = None
-    agent: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    model: Name | None = None
+    agent: Name | None = None
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
 
 
 class ControlFrame(BaseModel):
@@ -28,15 +28,12 @@ class ControlFrame(BaseModel):
 
 
 def parse_frame(text: str | bytes, *, max_bytes: int, max_depth: int) -> MessageFrame | ControlFrame:
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
+    """A client's frame, or an InvalidRequest for its error frame: too large (`frame_too_large`),
+    nested too deep (`json_too_deep`), or not a frame (`invalid_frame`)."""
+    if _size_over(text, max_bytes):
         raise InvalidRequest(f"frame is larger than the limit of {max_bytes} bytes", code="frame_too_large")
-    try:
-        data = json.loads(text)  # bytes: a binary frame, JSON in UTF-8 (json refuses other encodings)
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise InvalidRequest(f"frame is not valid JSON in UTF-8: {exc}", code="invalid_frame") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("a frame is a JSON object", code="invalid_frame")
+    # bytes: a binary frame, JSON in UTF-8 (orjson refuses other encodings)
+    data = loads_object(text, max_depth=max_depth, what="frame", code="invalid_frame")
     try:
         if data.get("type", "message") == "message":
             return MessageFrame.model_validate(data)
@@ -45,3 +42,15 @@ def parse_frame(text: str | bytes, *, max_bytes: int, max_depth: int) -> Message
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise InvalidRequest(f"{where}: {first['msg']}" if where else first["msg"], code="invalid_frame") from exc
+
+
+def _size_over(text: str | bytes, max_bytes: int) -> bool:
+    """Whether a frame's UTF-8 is over `max_bytes`, encoding text only when its length can't tell:
+    a character takes one to four bytes."""
+    if isinstance(text, bytes):
+        return len(text) > max_bytes
+    if len(text) * 4 <= max_bytes:
+        return False
+    if len(text) > max_bytes:
+        return True
+    return len(text.encode("utf-8", "surrogatepass")) > max_bytes

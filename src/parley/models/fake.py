@@ -10,6 +10,8 @@ from parley.config import FakeConfig
 from parley.events import EventBatch, Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
 from parley.models.base import ChatRequest, Model, estimate_tokens
 
+BATCH_EVENTS = 256  # events a batch holds at most: bounds the work between two turns of the loop
+
 
 def _chunks(text: str, size: int) -> Iterator[str]:
     for start in range(0, len(text), size):
@@ -40,15 +42,24 @@ class FakeModel(Model):
             if stop and stop in reply:
                 reply = reply[: reply.index(stop)]
         size = self._config.chunk_chars
-        events: list[StreamEvent] = [ReasoningDelta(piece) for piece in _chunks(self._config.reasoning or "", size)]
-        events += [TextDelta(piece) for piece in _chunks(reply, size)]
+        deltas: Iterator[StreamEvent] = itertools.chain(
+            (ReasoningDelta(piece) for piece in _chunks(self._config.reasoning or "", size)),
+            (TextDelta(piece) for piece in _chunks(reply, size)),
+        )
         prompt = "".join(m.text() for m in request.messages)
-        events += [Usage(estimate_tokens(prompt), estimate_tokens(reply)), finish]
+        closing: list[StreamEvent] = [Usage(estimate_tokens(prompt), estimate_tokens(reply)), finish]
         delay = self._config.delay_ms / 1000
-        if not delay:  # everything is ready at once
-            yield events
+        if delay:
+            for event in deltas:
+                yield (event,)
+                await asyncio.sleep(delay)
+            yield closing
             return
-        for event in events[:-2]:
-            yield (event,)
-            await asyncio.sleep(delay)
-        yield events[-2:]
+        # Everything is ready at once; a long reply still goes in bounded batches, with the event
+        # loop free between them, so that echoing a 2 MB message stalls no other request.
+        batch = list(itertools.islice(deltas, BATCH_EVENTS))
+        while following := list(itertools.islice(deltas, BATCH_EVENTS)):
+            yield batch
+            await asyncio.sleep(0)  # a turn for the rest of the loop, not pacing
+            batch = following
+        yield batch + closing

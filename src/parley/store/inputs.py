@@ -20,7 +20,8 @@ from parley.store.schema import ID_LENGTH, NAME_LENGTH
 
 TITLE_CHARS = 60
 MAX_TITLE_CHARS = 200
-ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{ID_LENGTH - 1}}}$")
+# \A and \Z, not ^ and $: `$` also matches before a trailing newline, and ids land in headers.
+ID_PATTERN = re.compile(rf"\A[A-Za-z0-9][A-Za-z0-9._:-]{{0,{ID_LENGTH - 1}}}\Z")
 _INT_MAX = 2**31 - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
