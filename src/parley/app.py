@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from parley.api import chat, conversations, health, openai, ws
 from parley.api.draining import RefuseWhileDraining
 from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
 from parley.api.openapi_doc import document_by_hand
+from parley.api.origin import CrossSiteGuard
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
@@ -70,13 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
     app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["x-request-id"],
-        )
+    # Cross-site browser requests refused; listed origins through Starlette's CORSMiddleware.
+    app.add_middleware(CrossSiteGuard, cors_origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from parley.config import Settings
+from parley.http_protocol import protocol_for
 from parley.lifecycle import Lifecycle
 
 log = logging.getLogger("parley.serving")
@@ -77,6 +78,7 @@ def serve(app: FastAPI, settings: Settings) -> None:
         # Frames over max_body_bytes get an error frame from the app (the socket stays open); far
         # larger ones are refused by the protocol itself, with a 1009 close frame.
         ws_max_size=WS_PROTOCOL_LIMIT_FACTOR * settings.max_body_bytes,
+        http=protocol_for(settings),  # header and body read timeouts, a capped head, JSON refusals
     )
     lifecycle: Lifecycle = app.state.lifecycle
     DrainingServer(config, lifecycle, settings.shutdown_grace_seconds).run()

@@ -15,6 +15,7 @@ import uvicorn
 
 from parley.app import create_app
 from parley.config import Settings, load_settings
+from parley.http_protocol import protocol_for
 from parley.serving import WS_PROTOCOL_LIMIT_FACTOR
 
 
@@ -33,6 +34,7 @@ def running_parley(
         log_level="warning",
         lifespan="on",
         ws_max_size=WS_PROTOCOL_LIMIT_FACTOR * settings.max_body_bytes,
+        http=protocol_for(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="parley-test-server", daemon=True)
