@@ -1,5 +1,5 @@
 # The two commands of the quick start: `make serve` and `make test`.
-.PHONY: setup serve test lint bench
+.PHONY: setup serve test lint fuzz bench
 
 # uv as installed by scripts/bootstrap.sh, on PATH or not.
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
@@ -17,6 +17,11 @@ lint: setup
 
 test: lint
 	$(UV) run pytest
+	$(UV) run python -m tests.api_fuzz
+
+# The API contract: Schemathesis over every operation of a real `parley serve` (tests/api_fuzz).
+fuzz: setup
+	$(UV) run python -m tests.api_fuzz
 
 bench: setup
 	for script in bench/*.py; do $(UV) run python "$$script" || exit 1; done
