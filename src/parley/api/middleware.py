@@ -35,18 +35,14 @@ class RequestContextMiddleware:
         self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await self._websocket(scope, receive, send)
-        else:
-            await self._app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await (self._websocket if scope["type"] == "websocket" else self._app)(scope, receive, send)
+            return
         headers = dict(scope["headers"])
         request_id = client_request_id(headers.get(b"x-request-id")) or unique_hex()
         scope.setdefault("state", {})["request_id"] = request_id
-        token = logs.request_id.set(request_id)
+        # Never reset: the server runs each request in a task of its own, whose context this changes.
+        logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 0
 
@@ -64,11 +60,13 @@ class RequestContextMiddleware:
             else:
                 await self._app(scope, receive, send_with_id)
         except Exception as exc:
-            # A ParleyError is an answer that came this far (from a middleware); anything else is a bug.
-            error = exc if isinstance(exc, ParleyError) else unexpected_error(exc, scope["method"], scope["path"])
-            if status == 0:
-                await _send_error(send_with_id, error)
-            # else the response had started (a stream): it stays incomplete and uvicorn ends the connection.
+            if isinstance(exc, ParleyError) and status == 0:  # an answer raised by a middleware
+                await _send_error(send_with_id, exc)
+            else:
+                error = unexpected_error(exc, scope["method"], scope["path"])
+                if status == 0:
+                    await _send_error(send_with_id, error)
+                # else the response had started (a stream): it stays incomplete, and uvicorn ends the connection.
         finally:
             log.info(
                 "%s %s %s %d %.1fms",
@@ -78,12 +76,11 @@ class RequestContextMiddleware:
                 status,
                 (time.perf_counter() - started) * 1000,
             )
-            logs.request_id.reset(token)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = client_request_id(dict(scope["headers"]).get(b"x-request-id")) or unique_hex()
         scope.setdefault("state", {})["request_id"] = request_id
-        token = logs.request_id.set(request_id)
+        logs.request_id.set(request_id)
         started = time.perf_counter()
         close_code: int | None = None
 
@@ -106,7 +103,6 @@ class RequestContextMiddleware:
                 "-" if close_code is None else close_code,
                 (time.perf_counter() - started) * 1000,
             )
-            logs.request_id.reset(token)
 
     async def _limit_body(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[str | None, Receive]:
         limit = self._max_body_bytes
@@ -155,7 +151,11 @@ async def _send_error(send: Send, error: ParleyError) -> None:
         {
             "type": "http.response.start",
             "status": error.status_code,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
