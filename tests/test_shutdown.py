@@ -157,7 +157,9 @@ def test_past_the_grace_period_every_transport_ends_with_an_error_and_keeps_what
             wait_for_conversations(idle, 3)  # the non-streamed reply has started too
 
             server.process.send_signal(signal.SIGTERM)
-            refused = wait_for_refusal(idle)
+            not_ready = wait_for_refusal(idle, "/ready")
+            assert "shutting down" in not_ready.json()["reason"], "load balancers are told to stop sending"
+            refused = wait_for_refusal(idle, "/api/conversations")
             assert refused.json()["error"]["code"] == "server_shutting_down"
             assert refused.headers["retry-after"]
             chat.finish()
@@ -227,10 +229,10 @@ def wait_until_refusing_connections(server: ServerProcess) -> None:
     raise AssertionError("the server kept accepting connections after SIGTERM")
 
 
-def wait_for_refusal(client: httpx.Client) -> httpx.Response:
+def wait_for_refusal(client: httpx.Client, path: str) -> httpx.Response:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        reply = client.get("/api/conversations")
+        reply = client.get(path)
         if reply.status_code == 503:
             return reply
         time.sleep(0.02)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from parley.api.deps import RegistryDep, StoreDep
@@ -24,13 +24,14 @@ async def health() -> dict[str, str]:
     responses={
         503: {
             "description": (
-                "Not ready, with the reason: a model is loading or failed to load, or the database is "
-                "unreachable or without Parley's schema (which the server sets up again by itself)."
+                "Not ready, with the reason: the server is shutting down, a model is loading or failed to "
+                "load, or the database is unreachable or without Parley's schema (which the server sets "
+                "up again by itself)."
             )
         }
     },
 )
-async def ready(registry: RegistryDep, store: StoreDep) -> JSONResponse:
+async def ready(request: Request, registry: RegistryDep, store: StoreDep) -> JSONResponse:
     """Every configured model is loaded and the database serves; 503 with the reason otherwise.
 
     The database's reason names the component only ("database unreachable", "database schema
@@ -38,6 +39,8 @@ async def ready(registry: RegistryDep, store: StoreDep) -> JSONResponse:
     """
     models: dict[str, Any] = {}
     problems: list[str] = []
+    if request.app.state.lifecycle.draining:
+        problems.append("shutting down")
     database = await store.readiness()
     if database is not None:
         problems.append(database)
