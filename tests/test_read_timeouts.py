@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import ws
 from tests.support.server import running_parley
 
 TIMEOUT = 1.0  # both the header and the body timeout of the server under test
@@ -159,6 +160,13 @@ def test_a_head_over_64_kib_gets_431(port: int, pieces: list[bytes]) -> None:
         message = assert_error(read_reply(sock), 431, "request_head_too_large")
         assert "65536 bytes" in message
         assert_closed(sock)
+
+
+def test_a_websocket_outlives_the_header_timeout(port: int) -> None:
+    with ws.socket(f"http://127.0.0.1:{port}", ws.new_session()) as socket_:
+        time.sleep(1.5 * TIMEOUT)  # idle for longer than a request head may take
+        frames = ws.chat(socket_, "still here", model="echo")
+    assert ws.text_of(frames) == "still here"
 
 
 def test_a_head_just_under_the_limit_in_pieces_is_served(port: int) -> None:
