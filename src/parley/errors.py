@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from parley.logs import current_request_id
+
 
 class ParleyError(Exception):
     """An error a client should see, with the HTTP status and OpenAI error type it maps to."""
@@ -103,4 +105,4 @@ def as_parley_error(exc: BaseException) -> ParleyError:
     """Every failure leaves Parley as a ParleyError; unexpected ones say no more than needed."""
     if isinstance(exc, ParleyError):
         return exc
-    return InternalError(f"internal error: {type(exc).__name__}")
+    return InternalError(f"internal error; the server log has the details under request id {current_request_id()}")

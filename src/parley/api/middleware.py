@@ -10,6 +10,7 @@ import json
 import logging
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import logs
@@ -18,6 +19,7 @@ from parley.ids import unique_hex
 from parley.logs import client_request_id, printable
 
 log = logging.getLogger("parley.access")
+CLIENT_CLOSED = 499  # logged for a request whose client went away before it was answered (nginx's habit)
 errors_log = logging.getLogger("parley.errors")
 
 
@@ -59,6 +61,8 @@ class RequestContextMiddleware:
                 await _send_error(send_with_id, PayloadTooLarge(too_large))
             else:
                 await self._app(scope, receive, send_with_id)
+        except ClientDisconnect:  # the client left (or timed out) mid-body: nobody to answer
+            status = CLIENT_CLOSED
         except Exception as exc:
             if isinstance(exc, ParleyError) and status == 0:  # an answer raised by a middleware
                 await _send_error(send_with_id, exc)

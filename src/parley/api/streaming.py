@@ -16,6 +16,7 @@ from parley.chat.run import Run
 from parley.config import Settings
 from parley.errors import ParleyError, as_parley_error
 from parley.events import EventBatch, Finish
+from parley.logs import current_request_id
 
 log = logging.getLogger("parley.stream")
 
@@ -142,7 +143,7 @@ class SSEResponse(Response):
         except Exception as exc:
             self._failure = as_parley_error(exc)
             if not isinstance(exc, ParleyError):
-                log.exception("run %s failed", self._run.id)
+                log.exception("%s run %s failed", current_request_id(), self._run.id)
 
     async def _write(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         assert self._send is not None

@@ -33,6 +33,7 @@ from parley.chat.turns import ConversationChat
 from parley.config import Settings
 from parley.errors import InvalidRequest, ParleyError, ServerShuttingDown, as_parley_error
 from parley.lifecycle import Lifecycle
+from parley.logs import current_request_id
 from parley.models.base import GenerationParams
 
 log = logging.getLogger("parley.ws")
@@ -149,7 +150,7 @@ class _Session:
         if isinstance(exc, WebSocketDisconnect):
             return  # the client left: nobody to tell
         if not isinstance(exc, ParleyError):
-            log.error("websocket session %s failed", self._session_id, exc_info=exc)
+            log.error("%s websocket session %s failed", current_request_id(), self._session_id, exc_info=exc)
         with contextlib.suppress(Exception):
             await self.send(ChatEvents.error(as_parley_error(exc)))
 

@@ -10,6 +10,7 @@ from parley.chat.autosave import ReplyAutosave
 from parley.chat.context import fit_to_context
 from parley.chat.run import Run
 from parley.chat.service import ChatService, with_system_prompt
+from parley.logs import current_request_id
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.store.conversations import ConversationStore, new_conversation_id
 from parley.store.errors import ConversationNotFound, ReplyNotSaved
@@ -85,7 +86,9 @@ class ConversationChat:
                     error=ended.error,
                 )
             except Exception as exc:  # the client is told (instead of message_complete); details to the log
-                log.exception("could not save reply %s of conversation %s", reply_id, conversation.id)
+                log.exception(
+                    "%s could not save reply %s of conversation %s", current_request_id(), reply_id, conversation.id
+                )
                 raise ReplyNotSaved() from exc
 
         run.on_end(save)
