@@ -72,8 +72,9 @@ def test_every_error_has_the_openai_shape(document: dict[str, Any]) -> None:
             assert "400" in operation["responses"], (method, path)
         if "requestBody" in operation:
             assert {"408", "413"} <= set(operation["responses"]), (method, path)
+        assert {"403", "431"} <= set(operation["responses"]), (method, path)
         for status, response in operation["responses"].items():
-            if status.startswith(("4", "5")) and path != "/ready":
+            if status.startswith(("4", "5")) and (path, status) != ("/ready", "503"):
                 assert response["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}, (method, path, status)
     for path in ("/api/chat", "/v1/chat/completions"):
         statuses = set(document["paths"][path]["post"]["responses"])
@@ -137,6 +138,8 @@ def test_errors_the_server_sends_are_the_documented_ones(http: httpx.Client, doc
         ("delete", "/api/conversations/{conversation_id}", {}),
         ("get", "/api/conversations/{conversation_id}/export", {}),
     ]
+    cross_site = {"origin": "https://elsewhere.example", "sec-fetch-site": "cross-site"}
+    cases += [("get", "/v1/models", {"headers": cross_site}), ("post", "/api/chat", {"headers": cross_site})]
     for method, path, request in cases:
         reply = http.request(method, path.format(conversation_id="conv-nobody-has"), **request)
         assert 400 <= reply.status_code < 500, (method, path, reply.status_code)
@@ -183,3 +186,21 @@ def test_tools_are_documented_only_for_models_that_call_them(http: httpx.Client,
     body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
     assert not schema_of(document, "#/components/schemas/ChatCompletionBody").is_valid(body)
     assert http.post("/v1/chat/completions", json=body).status_code == 400
+
+
+def test_too_many_stop_sequences_are_outside_the_document(http: httpx.Client, document: dict[str, Any]) -> None:
+    for stop, valid in ((["a", "b", "c", "d"], True), (["a", "b", "c", "d", "e"], False)):
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "stop": stop}
+        assert schema_of(document, "#/components/schemas/ChatCompletionBody").is_valid(body) is valid
+        assert (http.post("/v1/chat/completions", json=body).status_code == 200) is valid
+
+
+@pytest.mark.parametrize(
+    ("title", "valid"), [("Trip", True), ("  a  ", True), ("\n", False), ("\u2003\x1c\x85", False)]
+)
+def test_a_title_needs_more_than_spaces(http: httpx.Client, document: dict[str, Any], title: str, valid: bool) -> None:
+    """The store trims titles as Python's `str.split` does; the documented pattern agrees with it."""
+    conversation_id = http.post("/api/chat", json={"message": "hi", "stream": False}).json()["conversation_id"]
+    assert schema_of(document, "#/components/schemas/Rename").is_valid({"title": title}) is valid
+    reply = http.patch(f"/api/conversations/{conversation_id}", json={"title": title})
+    assert (reply.status_code == 200) is valid, reply.text

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from parley.api import openai
 from parley.api.chat_schema import stream_event_schemas
+from parley.api.input_limits import MAX_STOP_SEQUENCES
 from parley.store.inputs import ID_PATTERN
 
 Schema = dict[str, Any]
@@ -26,6 +27,8 @@ _CHAT_PATHS = frozenset({"/api/chat", openai.CHAT_COMPLETIONS_PATH})
 _OPERATIONS_PATHS = frozenset({"/health", "/ready"})  # answered even while the server drains
 _NULL: Schema = {"type": "null"}
 _ANY_CONTENT: Schema = {"type": ["string", "array"]}
+# One character Python's `str.split()` keeps: not one of the characters `str.isspace()` accepts.
+_NOT_WHITESPACE = r"[^\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 def document_by_hand(app: FastAPI) -> None:
@@ -82,34 +85,38 @@ def _document_errors(path: str, operation: Operation) -> None:
     """Every status the operation can answer with, each with the OpenAI error body; never 422."""
     responses: Schema = operation.setdefault("responses", {})
     responses.pop("422", None)
-    if path in _OPERATIONS_PATHS:
-        return
-    reasons: dict[int, list[str]] = {}
+    chat = path in _CHAT_PATHS
     has_body = "requestBody" in operation
     path_ids = [p["name"] for p in operation.get("parameters", []) if p.get("in") == "path"]
-    if has_body or operation.get("parameters"):
+    reasons: dict[int, list[str]] = {}
+    if has_body:
         reasons[400] = ["Invalid input: malformed JSON, wrong types, values out of range (`invalid_request_error`)."]
+    elif operation.get("parameters"):
+        reasons[400] = ["Invalid parameters: wrong types or values out of range (`invalid_request_error`)."]
     if path == "/api/chat":
-        reasons[400].append("An unknown `agent` (`agent_not_found`), a message too long for the model's context.")
-    if path in _CHAT_PATHS:
+        reasons[400].append("An unknown `agent` (`agent_not_found`), or a message too long for the model's context.")
+    if chat:
         reasons[400].append("`tools` for a model that can't call tools.")
-    reasons[403] = ["The request has an `Origin` that `cors_origins` doesn't allow (`origin_not_allowed`)."]
+    reasons[403] = ["A browser's cross-site request from an origin `cors_origins` doesn't list (`origin_not_allowed`)."]
     if path_ids:
         reasons[404] = ["No conversation with that id (`conversation_not_found`)."]
-    if path in _CHAT_PATHS:
+    if chat:
         reasons[404] = ["No model with that name (`model_not_found`)."]
     if has_body:
-        reasons[408] = ["The request body did not arrive in time (`request_timeout`)."]
+        reasons[408] = ["The request body did not arrive within `body_timeout_seconds` (`request_timeout`)."]
         reasons[413] = ["The request body is larger than `max_body_bytes` (`payload_too_large`)."]
-    if path in _CHAT_PATHS:
+    if chat:
         reasons[429] = ["The model's upstream is rate limiting (`rate_limited`); see `Retry-After`."]
+    reasons[431] = ["The request line and headers are larger than 64 KiB (`request_head_too_large`)."]
+    if chat:
         reasons[502] = ["The model's upstream failed or answered nonsense (`upstream_error`)."]
-        reasons[504] = ["The model's upstream did not answer in time (`upstream_timeout`)."]
-    reasons[503] = ["The server is shutting down (`server_shutting_down`); see `Retry-After`."]
+    if path not in _OPERATIONS_PATHS:
+        reasons[503] = ["The server is shutting down (`server_shutting_down`); see `Retry-After`."]
     if path.startswith("/api/"):
         reasons[503].append("The conversation store can't be reached (`store_unavailable`).")
-    if path in _CHAT_PATHS:
+    if chat:
         reasons[503].append("The model is still loading or failed to load (`model_not_ready`).")
+        reasons[504] = ["The model's upstream did not answer in time (`upstream_timeout`)."]
     for status, why in sorted(reasons.items()):
         headers = _RETRY_AFTER if status in (429, 503) else None
         responses.setdefault(str(status), {}).update(_error(" ".join(why), headers))
@@ -316,9 +323,10 @@ _RESPONSE_SCHEMAS: Schema = {
             {
                 "status": {"enum": ["ready", "unavailable"]},
                 "reason": _STRING,
+                "database": {"type": "string", "description": "`ok`, or what is wrong with it."},
                 "models": {"type": "object", "additionalProperties": _MODEL_STATE},
             },
-            optional=("reason",),
+            optional=("reason", "database"),
         ),
     },
     "ConversationExport": {
@@ -340,6 +348,12 @@ def _add_model_rules(schemas: Schema, paths: Schema) -> None:
         _role_needs(["assistant"], tool_calls={"type": "array"}),
         _role_needs(["tool"], content=_ANY_CONTENT, tool_call_id={"type": "string", "minLength": 1}),
     ]
+    # The stop validator of ChatCompletionBody.
+    for branch in schemas["ChatCompletionBody"]["properties"]["stop"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["maxItems"] = MAX_STOP_SEQUENCES
+    # A title is trimmed and its spaces collapsed before it is stored: it needs something else.
+    schemas["Rename"]["properties"]["title"]["pattern"] = _NOT_WHITESPACE
     # Conversation ids, as the store accepts them (ECMA and Python read this pattern alike).
     for branch in schemas["ChatBody"]["properties"]["conversation_id"]["anyOf"]:
         if branch.get("type") == "string":
