@@ -98,7 +98,7 @@ def test_a_frame_beyond_the_protocol_limit_closes_with_1009(parley: str) -> None
     assert httpx.get(f"{parley}/api/conversations/{session}", timeout=WAIT).status_code == 404
 
 
-@pytest.mark.parametrize("session", ["ws-newline%0A", "-dash-first", "c" * 129])
+@pytest.mark.parametrize("session", ["ws-newline%0A", "ws%00nul", "-dash-first", "c" * 129])
 def test_a_session_id_no_conversation_can_have(parley: str, session: str) -> None:
     before = httpx.get(f"{parley}/api/conversations", params={"limit": 200}, timeout=WAIT).json()["data"]
     with socket(parley, session) as ws:

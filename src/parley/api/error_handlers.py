@@ -43,12 +43,26 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _response(InvalidRequest(message, param=param, code=first["type"]))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = "not_found" if exc.status_code == 404 else None
-    # With its headers: a 405's Allow, a 401's WWW-Authenticate.
-    error = InvalidRequest(str(exc.detail), code=code, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})  # a 405's Allow, a 401's WWW-Authenticate
+    if exc.status_code == 405 and "Allow" in headers:
+        headers["Allow"] = _allowed_methods(request) or headers["Allow"]
+    error = InvalidRequest(str(exc.detail), code=code, headers=headers)
     return _response(error, exc.status_code)
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method of the path that refused this one. FastAPI has a route per method, and a 405
+    names the first route's only; the OpenAPI document (built once, cached) has them all."""
+    path = getattr(request.scope.get("route"), "path_format", None)
+    operations = request.app.openapi().get("paths", {}).get(path, {}) if path else {}
+    methods = sorted(method.upper() for method in operations if method.upper() in _HTTP_METHODS)
+    return ", ".join(methods) or None
+
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,9 +6,9 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from parley.api.input_limits import MAX_STOP_SEQUENCES, Flag, MaxTokens, Name, Seed, Temperature, TopP
+from parley.api.input_limits import MAX_STOP_SEQUENCES, Flag, Integer, MaxTokens, Name, Seed, Temperature, TopP
 from parley.chat.run import Run
 from parley.errors import ParleyError
 from parley.events import EventBatch, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
@@ -53,7 +53,7 @@ class ChatCompletionBody(BaseModel):
     max_completion_tokens: MaxTokens | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
-    n: StrictInt = Field(default=1, ge=1, le=1, description="Only one choice is generated.")
+    n: Integer = Field(default=1, ge=1, le=1, description="Only one choice is generated.")
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None

@@ -20,8 +20,10 @@ from parley.store.schema import ID_LENGTH, NAME_LENGTH
 
 TITLE_CHARS = 60
 MAX_TITLE_CHARS = 200
-# \A and \Z, not ^ and $: `$` also matches before a trailing newline, and ids land in headers.
-ID_PATTERN = re.compile(rf"\A[A-Za-z0-9][A-Za-z0-9._:-]{{0,{ID_LENGTH - 1}}}\Z")
+# The whole string: Python's `$` also matches before a trailing newline (and ids land in headers),
+# hence `(?!\n)`. Not `\Z`: the pattern is also the OpenAPI document's, which JSON Schema (ECMA)
+# validators read, and there `$` is the end already.
+ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{ID_LENGTH - 1}}}$(?!\n)")
 _INT_MAX = 2**31 - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
