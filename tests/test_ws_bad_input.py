@@ -110,3 +110,13 @@ def test_a_session_id_no_conversation_can_have(parley: str, session: str) -> Non
         assert receive(ws) == {"event": "pong"}  # still open
     after = httpx.get(f"{parley}/api/conversations", params={"limit": 200}, timeout=WAIT).json()["data"]
     assert after == before
+
+
+def test_a_session_id_with_nul_on_postgresql(postgres_url: str) -> None:
+    """PostgreSQL refuses to compare text holding NUL: the id is refused before it gets there."""
+    with running_parley(models=MODELS, database_url=postgres_url) as url, socket(url, "ws%00nul") as ws:
+        ws.send(json.dumps({"message": "hi"}))
+        error = receive(ws)
+        assert_error(error, "invalid_value")
+        assert "conversation id" in error["data"]["message"]
+        assert httpx.get(f"{url}/api/conversations", timeout=WAIT).json()["data"] == []

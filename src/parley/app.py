@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -15,6 +14,7 @@ from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
 from parley.api.openapi_doc import document_by_hand
 from parley.api.origin import CrossSiteGuard
+from parley.chat.autosave import ReplyAutosave
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
@@ -31,16 +31,17 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(settings.database_url or default_database_url(settings.data_dir))
         # Replies left streaming by a server that stopped are marked failed; with a shared database,
-        # only those older than any reply could still be running on another server.
-        shared = store.engine.dialect.name != "sqlite"
-        await store.fail_interrupted(older_than=timedelta(hours=1) if shared else timedelta(0))
+        # only those no server has saved for a while (others may still be writing theirs).
+        autosave = ReplyAutosave(store, settings.reply_save_seconds, shared=store.engine.dialect.name != "sqlite")
+        await store.fail_interrupted(older_than=autosave.stale_after)
+        autosave.start()
         registry = ModelRegistry(settings.models)
         chat = ChatService(registry, settings.agents, track=lifecycle.track)
         app.state.settings = settings
         app.state.registry = registry
         app.state.store = store
         app.state.chat = chat
-        app.state.conversation_chat = ConversationChat(chat, store)
+        app.state.conversation_chat = ConversationChat(chat, store, autosave)
         # Models load in the background: /health answers at once, /ready says when they are up.
         loading = asyncio.create_task(registry.load_all())
         try:
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.aclose()
+            await autosave.aclose()
             await store.stop_repairs()
             await store.aclose()
 

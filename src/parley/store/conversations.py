@@ -13,10 +13,10 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import Row, Select, delete, func, literal, select, text, tuple_, update
+from sqlalchemy import Row, Select, Table, bindparam, delete, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +41,7 @@ from parley.store.records import (
     ConversationSummary,
     FinalStatus,
     MessageRecord,
+    ReplyProgress,
     Role,
     TimingLike,
 )
@@ -170,6 +171,8 @@ class ConversationStore:
         Left out: replies still streaming, replies that failed, and empty replies; the tool calls
         of a reply cut short (they'd have no results to follow them).
         """
+        if not inputs.ID_PATTERN.match(conversation_id):  # (e.g. a NUL, which PostgreSQL refuses to compare)
+            raise ConversationNotFound(conversation_id)
         query = _messages_of(conversation_id).where(MessageRow.status.in_(_HISTORY_STATUSES))
         async with self._read() as session:
             rows = (await session.execute(query)).all()
@@ -312,17 +315,50 @@ class ConversationStore:
                 raise MessageNotStreaming(message_id, current)
             return _message(row)
 
-    async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
-        """Mark replies left `streaming` (their server stopped) as failed; returns how many.
+    async def save_progress(self, progress: Sequence[ReplyProgress], alive: Sequence[str] = ()) -> None:
+        """Save what replies still streaming have produced so far, all in one transaction.
 
-        Several servers sharing a database: pass `older_than` longer than any reply can stream,
-        so replies that other servers are still writing are left alone.
+        `alive`: replies with nothing new, whose `saved_at` is only brought up to date (so other
+        servers can tell they are still being written). Replies no longer streaming are left as they are.
+        """
+        if not progress and not alive:
+            return
+        now = self._now()
+        live = _MESSAGES
+        async with self._write() as session:
+            if progress:
+                await session.execute(
+                    update(live)
+                    .where(live.c.id == bindparam("reply_id"), live.c.status == "streaming")
+                    .values(content=bindparam("new_content"), reasoning=bindparam("new_reasoning"), saved_at=now),
+                    [
+                        {
+                            "reply_id": item.message_id,
+                            "new_content": inputs.clean_text(item.content),
+                            "new_reasoning": inputs.clean_text_or_none(item.reasoning),
+                        }
+                        for item in progress
+                    ],
+                )
+            if alive:
+                await session.execute(
+                    update(live).where(live.c.id.in_(alive), live.c.status == "streaming").values(saved_at=now)
+                )
+
+    async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
+        """Mark replies left `streaming` by a server that stopped as failed, keeping the text saved
+        so far; returns how many.
+
+        Several servers sharing a database: pass `older_than` longer than a live reply can go
+        unsaved (its server saves it every `reply_save_seconds` or so), so replies other servers
+        are still writing are left alone.
         """
         cutoff = self._now() - older_than
+        last_saved = func.coalesce(MessageRow.saved_at, MessageRow.created_at)
         async with self._write() as session:
             result = await session.execute(
                 update(MessageRow)
-                .where(MessageRow.status == "streaming", MessageRow.created_at <= cutoff)
+                .where(MessageRow.status == "streaming", last_saved <= cutoff)
                 .values(status="failed", finish_reason="error", error=INTERRUPTED)
                 .returning(MessageRow.id)
                 .execution_options(synchronize_session=False)
@@ -443,8 +479,9 @@ class ConversationStore:
         return row.id
 
 
+_MESSAGES = cast(Table, MessageRow.__table__)  # the table itself, for statements run many times over
 # Messages are read as plain rows, not ORM objects: loading 1,000 takes a quarter of the time.
-_MESSAGE_COLUMNS = tuple(MessageRow.__table__.columns)
+_MESSAGE_COLUMNS = tuple(column for column in MessageRow.__table__.columns if column.name != "saved_at")
 if [column.name for column in _MESSAGE_COLUMNS] != [field.name for field in dataclasses.fields(MessageRecord)]:
     raise RuntimeError("MessageRecord's fields must follow the messages table's columns, in order")
 
