@@ -60,6 +60,12 @@ def _schemathesis(base_url: str, report: Path) -> int:
         f"{base_url}/openapi.json",
         "--checks",
         "all",
+        # The one check off. A client chooses conversation ids: `POST /api/chat` with the id of a
+        # deleted conversation starts a new one under that id (README, "Conversations"), so a later
+        # GET rightly finds it, which the stateful phase reports as a deleted resource still
+        # available (ST301). tests/test_conversations.py checks that a deleted conversation is gone.
+        "--exclude-checks",
+        "use_after_free",
         "--seed",
         seed,
         "--no-color",
