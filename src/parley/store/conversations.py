@@ -384,25 +384,22 @@ class ConversationStore:
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
-        try:
-            async with self._reading() as session, session.begin():
-                yield session
-        except Exception as exc:
-            if (error := self._availability.failed(exc)) is None:
-                raise
-            raise error from exc
-        if self._availability.down is not None:
-            self._availability.recovered()
+        async with self._available(), self._reading() as session, session.begin():
+            yield session
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
+        async with self._available(), contextlib.AsyncExitStack() as stack:
+            if self._write_turn is not None:
+                await stack.enter_async_context(self._write_turn)
+            session = await stack.enter_async_context(self._writing())
+            await stack.enter_async_context(session.begin())
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _available(self) -> AsyncIterator[None]:
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                if self._write_turn is not None:
-                    await stack.enter_async_context(self._write_turn)
-                session = await stack.enter_async_context(self._writing())
-                await stack.enter_async_context(session.begin())
-                yield session
+            yield
         except Exception as exc:
             if (error := self._availability.failed(exc)) is None:
                 raise
