@@ -27,18 +27,28 @@ import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import aiohttp
 import uvloop
+
+# Run as a script, only this folder is on sys.path; the shared code is imported as mypy reads it.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from bench.harness import (
+    DONE,
+    BenchError,
+    Request,
+    Throughput,
+    fake_upstream,
+    load_average,
+    parley_server,
+    percentile,
+    serve_upstream,
+    throughput,
+)
 
 TARGETS = {"throughput_ratio_at_64": 0.40, "added_ttft_p50_ms": 1.0}
 CHAT_PATH = "/v1/chat/completions"
@@ -52,179 +62,6 @@ REQUEST_BODY = json.dumps(
     }
 ).encode()
 FIRST_CONTENT = re.compile(rb'"content":\s*"[^"]')
-DONE = b"data: [DONE]\n\n"
-
-
-# --- the fake upstream ---------------------------------------------------------------------------
-
-
-def upstream_reply(content_chunks: int) -> list[bytes]:
-    """An OpenAI-style streamed reply, as HTTP/1.1 chunked-encoding pieces (one write each)."""
-    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "bench"}
-
-    def event(payload: dict[str, object]) -> bytes:
-        return b"data: " + json.dumps({**head, **payload}, separators=(",", ":")).encode() + b"\n\n"
-
-    def choice(delta: dict[str, str], finish: str | None = None) -> dict[str, object]:
-        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-    events = [event(choice({"role": "assistant", "content": ""}))]
-    events += [event(choice({"content": f"tok{i} "})) for i in range(content_chunks)]
-    events.append(event(choice({}, "stop")))
-    usage = {"prompt_tokens": 12, "completion_tokens": content_chunks, "total_tokens": 12 + content_chunks}
-    events.append(event({"choices": [], "usage": usage}))
-    events.append(DONE)
-    status = (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-        b"transfer-encoding: chunked\r\n\r\n"
-    )
-    return [status] + [f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in events] + [b"0\r\n\r\n"]
-
-
-class _UpstreamProtocol(asyncio.Protocol):
-    """HTTP/1.1 keep-alive, just enough of it: answers every request with the fixed stream."""
-
-    def __init__(self, reply: list[bytes]) -> None:
-        self._reply = reply
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._buffer += data
-        while True:
-            head_end = self._buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            head = self._buffer[:head_end].lower()
-            match = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
-            end = head_end + 4 + (int(match.group(1)) if match else 0)
-            if len(self._buffer) < end:
-                return
-            self._buffer = self._buffer[end:]
-            for piece in self._reply:
-                self._transport.write(piece)
-
-
-async def _serve_upstream(content_chunks: int) -> None:
-    loop = asyncio.get_running_loop()
-    reply = upstream_reply(content_chunks)
-    server = await loop.create_server(lambda: _UpstreamProtocol(reply), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    print(f"port {port}", flush=True)
-    # Lives until the parent closes our stdin (or dies); bounded anyway, so nothing lingers.
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(reader.read(), timeout=600)
-    server.close()
-
-
-# --- processes -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def fake_upstream(content_chunks: int) -> Iterator[tuple[int, int]]:
-    """Yield (port, pid) of the fake upstream process."""
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve-upstream", "--chunks", str(content_chunks)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode()
-        if not line.startswith("port "):
-            raise RuntimeError(f"fake upstream did not start: {line!r}")
-        yield int(line.split()[1]), process.pid
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        _stop(process)
-
-
-@contextlib.contextmanager
-def parley_server(upstream_port: int, workdir: Path, source: Path | None = None) -> Iterator[tuple[int, int]]:
-    """Yield (port, pid) of a `parley serve` in front of the upstream (from `source` if given)."""
-    workdir.mkdir(exist_ok=True)
-    config = workdir / "parley.toml"
-    config.write_text(
-        'log_level = "warning"\n'
-        "[[models]]\n"
-        'name = "bench"\n'
-        'provider = "openai"\n'
-        f'base_url = "http://127.0.0.1:{upstream_port}/v1"\n'
-    )
-    port = _free_port()
-    executable = Path(sys.executable).parent / "parley"
-    command = [str(executable)] if executable.exists() and source is None else [sys.executable, "-m", "parley.cli"]
-    env = {**os.environ, "PYTHONPATH": str(source.resolve())} if source is not None else None
-    log_path = workdir / "parley.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", "--config", str(config), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            env=env,
-        )
-    try:
-        asyncio.run(_wait_ready(f"http://127.0.0.1:{port}/ready", process, log_path))
-        yield port, process.pid
-    finally:
-        _stop(process)
-
-
-async def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as reply:
-                    if reply.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    log = log_path.read_text()  # noqa: ASYNC240 - the run is over; nothing else waits on the loop
-    raise RuntimeError(f"parley did not become ready; its log:\n{log[-2000:]}")
-
-
-# --- load ----------------------------------------------------------------------------------------
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, *, ttft: bool = False) -> tuple[float | None, bytes]:
@@ -244,6 +81,13 @@ async def _stream(session: aiohttp.ClientSession, url: str, *, ttft: bool = Fals
     return first, tail
 
 
+def _streamer(url: str) -> Request:
+    async def request(session: aiohttp.ClientSession) -> None:
+        await _stream(session, url)
+
+    return request
+
+
 async def check_reply(base_url: str, content_chunks: int) -> None:
     """One full request, read completely: every content chunk, the usage chunk and [DONE] arrive."""
     async with (
@@ -254,57 +98,6 @@ async def check_reply(base_url: str, content_chunks: int) -> None:
     contents = len(re.findall(rb'"content":\s*"tok\d+ "', body))
     if reply.status != 200 or contents != content_chunks or b'"usage":{' not in body.replace(b" ", b""):
         raise BenchError(f"{base_url}: unexpected reply ({reply.status}, {contents} chunks): {body[:500]!r}")
-
-
-@dataclass
-class Throughput:
-    requests_per_second: float
-    completed: int
-    client_cpu_percent: float  # this process, the load generator
-    cpu_ms_per_request: float | None = None  # of the process watched (Parley); None for the direct runs
-    cpu_percent: float | None = None
-
-
-async def throughput(
-    base_url: str, concurrency: int, duration: float, warmup: float, max_requests: int, watch_pid: int | None
-) -> Throughput:
-    """`concurrency` clients stream back to back; completions inside the window count."""
-    url = base_url + CHAT_PATH
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    issued = 0
-    completed = 0
-    loop = asyncio.get_running_loop()
-    window_start = loop.time() + warmup
-    window_end = window_start + duration
-    cpu: dict[str, float | None] = {}
-    client_cpu: dict[str, float] = {}
-
-    async def client() -> None:
-        nonlocal issued, completed
-        while loop.time() < window_end and issued < max_requests:
-            issued += 1
-            await _stream(session, url)
-            if window_start <= loop.time() <= window_end:
-                completed += 1
-
-    async def sample_cpu() -> None:
-        await asyncio.sleep(max(0.0, window_start - loop.time()))
-        client_cpu["start"] = time.process_time()
-        cpu["start"] = _cpu_seconds(watch_pid) if watch_pid is not None else None
-        await asyncio.sleep(max(0.0, window_end - loop.time()))
-        client_cpu["end"] = time.process_time()
-        cpu["end"] = _cpu_seconds(watch_pid) if watch_pid is not None else None
-
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async with asyncio.timeout(warmup + duration + 60):
-            await asyncio.gather(sample_cpu(), *(client() for _ in range(concurrency)))
-    result = Throughput(completed / duration, completed, (client_cpu["end"] - client_cpu["start"]) * 100 / duration)
-    start, end = cpu.get("start"), cpu.get("end")
-    if start is not None and end is not None and completed:
-        result.cpu_ms_per_request = (end - start) * 1000 / completed
-        result.cpu_percent = (end - start) * 100 / duration
-    return result
 
 
 async def time_to_first_token(urls: list[str], requests: int, max_seconds: float) -> list[list[float]]:
@@ -327,18 +120,6 @@ async def time_to_first_token(urls: list[str], requests: int, max_seconds: float
     return samples
 
 
-def _load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except OSError:
-        return "n/a"
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -354,14 +135,17 @@ async def bench(
     for url in urls.values():
         await check_reply(url, args.chunks)
 
-    load_before = _load_average()
+    load_before = load_average()
     rows: list[tuple[int, dict[str, Throughput]]] = []
     for concurrency in args.concurrency:
         best: dict[str, Throughput] = {}
         sides = [("direct", direct_url, None)] + [(name, urls[name], pid) for name, (_, pid) in servers]
         for _ in range(args.repeat):  # interleaved, best of: noise on a shared machine only slows
             for name, url, pid in sides:
-                result = await throughput(url, concurrency, args.duration, args.warmup, args.max_requests, pid)
+                requests = [_streamer(url + CHAT_PATH)] * concurrency
+                result = await throughput(requests, args.duration, args.warmup, args.max_requests, pid)
+                if result.first_error is not None:
+                    raise result.first_error
                 if name not in best or result.requests_per_second > best[name].requests_per_second:
                     best[name] = result
             sides.reverse()  # neither side always runs right after the other
@@ -381,7 +165,7 @@ async def bench(
         f"best of {args.repeat}; {os.cpu_count()} CPUs shared by client, Parley and upstream"
     )
     print(
-        f"machine load average (1 min) before/after: {load_before}/{_load_average()}; above ~1 the other "
+        f"machine load average (1 min) before/after: {load_before}/{load_average()}; above ~1 the other "
         "work on the machine shows in these numbers (more in Parley's, which has the more processes to wake)"
     )
     print()
@@ -466,7 +250,7 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.serve_upstream:
-        uvloop.run(_serve_upstream(args.chunks))
+        uvloop.run(serve_upstream(args.chunks))
         return 0
     with (
         tempfile.TemporaryDirectory(prefix="parley-bench-") as workdir,
