@@ -133,6 +133,9 @@ class Conversation:
         except BaseException:
             self._new_conversation()
             raise
+        if self._conversation_id not in (None, conversation_id):
+            self._new_conversation()
+            raise BenchError(f"{CHAT_PATH}: sent {self._conversation_id!r}, the reply is in {conversation_id!r}")
         self._conversation_id = conversation_id
         self._turn += 1
         if self._turn >= self._turns:
@@ -158,6 +161,7 @@ class Conversation:
 
 async def check_server(base_url: str) -> None:
     """Both routes answer in full, and a two-turn conversation is stored, before anything is timed."""
+    expected_text = "".join(f"tok{i} " for i in range(UPSTREAM_CHUNKS))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         await v1_request(base_url)(session)
         turns: list[str] = []
@@ -165,12 +169,17 @@ async def check_server(base_url: str) -> None:
             payload = {"message": message} | ({"conversation_id": turns[-1]} if turns else {})
             async with session.post(base_url + CHAT_PATH, json=payload) as reply:
                 body = await reply.read()
-            events = re.findall(rb"^event: (\w+)\r$", body, flags=re.MULTILINE)
-            expected = [b"message_start"] + [b"text_delta"] * UPSTREAM_CHUNKS + [b"message_complete"]
-            found = CONVERSATION_ID.search(body)
-            if reply.status != 200 or events != expected or found is None:
+            events = [
+                (name.decode(), json.loads(data))
+                for name, data in re.findall(rb"^event: (\w+)\r?\ndata: (.*?)\r?$", body, flags=re.MULTILINE)
+            ]
+            names = [name for name, _ in events]
+            text = "".join(data["text"] for name, data in events if name == "text_delta")
+            if reply.status != 200 or names[:1] != ["message_start"] or names[-1:] != ["message_complete"]:
                 raise BenchError(f"{base_url}{CHAT_PATH}: unexpected reply ({reply.status}): {body[:500]!r}")
-            turns.append(found.group(1).decode())
+            if text != expected_text:
+                raise BenchError(f"{base_url}{CHAT_PATH}: the reply's text was {text!r}, not {expected_text!r}")
+            turns.append(events[0][1]["conversation_id"])
         async with session.get(f"{base_url}/api/conversations/{turns[0]}") as reply:
             stored = await reply.json()
         if turns[0] != turns[1] or [m["role"] for m in stored.get("messages", [])] != ["user", "assistant"] * 2:
@@ -368,6 +377,8 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per run (default 200000)")
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "parley" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: not a src/ folder with the parley package in it")
 
     print(
         f"Stored turns: streaming POST {CHAT_PATH} (history loaded, user message and reply stored; "
@@ -412,8 +423,12 @@ def run_store(
                 print(f"\n{store}: skipped, not reachable at {shown}: {type(exc).__name__}: {exc}")
                 return [f"{store}: not measured (PostgreSQL not reachable)"]
         load_before = load_average()
-        with servers_for(store, settings, upstream_port, workdir, args.baseline) as servers:
-            runner.run(measure(servers, args))
+        try:
+            with servers_for(store, settings, upstream_port, workdir, args.baseline) as servers:
+                runner.run(measure(servers, args))
+        except (BenchError, RuntimeError, aiohttp.ClientError) as exc:  # a broken server: say why, go on
+            print(f"\n{store}: not measured: {type(exc).__name__}: {exc}")
+            return [f"{store}: not measured ({type(exc).__name__}): MISSED"]
         return report(store, servers, args, (load_before, load_average()))
     finally:
         runner.run(databases.aclose())

@@ -161,6 +161,9 @@ def parley_server(
 
     `settings` are top-level TOML lines added to its config (e.g. `database_url = "..."`).
     """
+    if source is not None and not (source / "parley" / "__init__.py").is_file():
+        # PYTHONPATH would skip it quietly and run this checkout's code under the other's name.
+        raise RuntimeError(f"{source} is not a src/ folder with the parley package in it")
     workdir.mkdir(exist_ok=True)
     config = workdir / "parley.toml"
     config.write_text(
