@@ -28,6 +28,16 @@ DEFAULT_RESERVE_MIN = 32
 DEFAULT_RESERVE_MAX = 1024
 
 
+# Fewer tokens than any message takes in a prompt: its role and the chat template's markup around
+# it (SmolLM2's ChatML takes 5 for "hi", gpt-oss's Harmony 5, the remote estimate 4 + its text).
+MIN_MESSAGE_TOKENS = 4
+
+
+def history_window(context_size: int | None) -> int | None:
+    """How many of a conversation's newest messages fitting could ever keep (None: no limit)."""
+    return None if context_size is None else context_size // MIN_MESSAGE_TOKENS + 1
+
+
 @dataclass(frozen=True, slots=True)
 class FittedHistory:
     messages: list[ChatMessage]

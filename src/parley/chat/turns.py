@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from parley.chat.autosave import ReplyAutosave
-from parley.chat.context import fit_to_context
+from parley.chat.context import fit_to_context, history_window
 from parley.chat.run import Run
 from parley.chat.service import ChatService, with_system_prompt
 from parley.logs import current_request_id
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.store.conversations import ConversationStore, new_conversation_id
-from parley.store.errors import ConversationNotFound, ReplyNotSaved
+from parley.store.errors import ReplyNotSaved
 
 log = logging.getLogger("parley.chat")
 
@@ -50,10 +49,8 @@ class ConversationChat:
         params = params or GenerationParams()
         entry, agent_config = self._chat.resolve(model, agent)
         history: list[ChatMessage] = []
-        if conversation_id is not None:
-            # A new, client-chosen id is created below, once the turn is accepted.
-            with contextlib.suppress(ConversationNotFound):
-                history = await self._store.history(conversation_id)
+        if conversation_id is not None:  # (a new, client-chosen id is created with the turn)
+            history = await self._store.recent_history(conversation_id, history_window(entry.model.context_size))
         request = with_system_prompt(
             ChatRequest(messages=[*history, ChatMessage(role="user", content=message)], params=params),
             agent_config,
@@ -61,11 +58,10 @@ class ConversationChat:
         # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
         max_tokens = params.max_tokens if params.max_tokens is not None else entry.config.defaults.max_tokens
         fitted = await fit_to_context(entry.model, request.messages, max_tokens)
-        conversation = await self._store.get_or_create(
-            conversation_id or new_conversation_id(), model=entry.config.name, agent=agent
+        opened = await self._store.open_turn(
+            conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent
         )
-        await self._store.append_message(conversation.id, "user", message, agent=agent)
-        reply_id = await self._store.start_assistant_message(conversation.id, model=entry.config.name, agent=agent)
+        conversation, reply_id = opened.conversation_id, opened.reply_id
         # Begun once the turn is stored: a run is work the server's drain waits for until it is closed.
         run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
         store_reasoning = entry.config.store_reasoning
@@ -74,8 +70,9 @@ class ConversationChat:
         async def save(ended: Run) -> None:
             self._autosave.forget(reply_id)
             try:
-                await self._store.finish_message(
+                await self._store.finish_reply(
                     reply_id,
+                    conversation,
                     content=ended.text,
                     reasoning=ended.reasoning if store_reasoning else None,
                     tool_calls=ended.tool_calls or None,
@@ -87,9 +84,9 @@ class ConversationChat:
                 )
             except Exception as exc:  # the client is told (instead of message_complete); details to the log
                 log.exception(
-                    "%s could not save reply %s of conversation %s", current_request_id(), reply_id, conversation.id
+                    "%s could not save reply %s of conversation %s", current_request_id(), reply_id, conversation
                 )
                 raise ReplyNotSaved() from exc
 
         run.on_end(save)
-        return Turn(run, conversation.id, reply_id, agent, fitted.dropped)
+        return Turn(run, conversation, reply_id, agent, fitted.dropped)

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import Row, Select, Table, bindparam, delete, func, literal, select, text, tuple_, update
+from sqlalchemy import Row, Select, Table, delete, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +46,8 @@ from parley.store.records import (
     TimingLike,
 )
 from parley.store.schema import ID_LENGTH, ROLES, ConversationRow, MessageRow, UTCDateTime
+from parley.store.turn_writes import FinishReply, OpenedTurn, OpenTurn, SaveProgress
+from parley.store.writer import MAX_BATCH, MAX_QUEUE, BatchWriter, locked
 
 MAX_PAGE = 200
 INTERRUPTED = "interrupted: the server stopped before the reply finished"
@@ -73,7 +75,7 @@ async def open_store(url: str | URL, *, run_migrations: bool = True) -> Conversa
 
 
 class ConversationStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._reading = async_sessionmaker(engine, expire_on_commit=False)
@@ -83,13 +85,30 @@ class ConversationStore:
         # this server's own writes queue here instead (other processes still meet the busy timeout).
         self._write_turn = asyncio.Lock() if self._dialect == "sqlite" else None
         self._availability = Availability(engine)
+        begin = writer(engine).begin
+        lock = self._write_turn
+        self._batches = BatchWriter(
+            engine,
+            transaction=(lambda: locked(lock, begin)) if lock is not None else begin,
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
 
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
 
+    @property
+    def queued_writes(self) -> int:
+        """Writes waiting for the writer (at most `max_queue`: beyond, writers wait)."""
+        return self._batches.queued
+
     async def aclose(self) -> None:
-        await self._engine.dispose()
+        """Apply the writes still queued, then close every connection."""
+        try:
+            await self._batches.aclose()
+        finally:
+            await self._engine.dispose()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the database can't be reached."""
@@ -178,15 +197,7 @@ class ConversationStore:
             rows = (await session.execute(query)).all()
             if not rows:
                 await self._conversation(session, conversation_id)
-        history = []
-        for row in rows:
-            message = _message(row)
-            if message.status != "complete" and message.tool_calls:
-                message = dataclasses.replace(message, tool_calls=None)
-            if message.role == "assistant" and not message.content and not message.tool_calls:
-                continue
-            history.append(message.to_chat_message())
-        return history
+        return _for_the_model(_message(row) for row in rows)
 
     async def rename(self, conversation_id: str, title: str) -> ConversationSummary:
         clean = inputs.checked_title(title)
@@ -276,20 +287,7 @@ class ConversationStore:
         error: str | None = None,
     ) -> MessageRecord:
         """Record how a reply ended, with what it produced, whatever the outcome (once per reply)."""
-        if status not in ("complete", "cancelled", "failed"):
-            raise InvalidStoreInput(f"a reply ends complete, cancelled or failed; got {status!r}", param="status")
-        values: dict[str, Any] = {
-            "content": inputs.clean_text(content),
-            "reasoning": inputs.clean_text_or_none(reasoning),
-            "tool_calls": inputs.plain_tool_calls(tool_calls),
-            "finish_reason": inputs.clean_text_or_none(finish_reason, 32),
-            "status": status,
-            "error": inputs.clean_text_or_none(error),
-            "prompt_tokens": inputs.token_count(usage.prompt_tokens) if usage else None,
-            "completion_tokens": inputs.token_count(usage.completion_tokens) if usage else None,
-            "time_to_first_token_ms": timing.time_to_first_token_ms if timing else None,
-            "total_ms": timing.total_ms if timing else None,
-        }
+        values = _finished_values(content, reasoning, tool_calls, usage, timing, finish_reason, status, error)
         now = self._now()
         async with self._write() as session:
             owner = select(MessageRow.conversation_id).where(MessageRow.id == message_id).scalar_subquery()
@@ -315,35 +313,78 @@ class ConversationStore:
                 raise MessageNotStreaming(message_id, current)
             return _message(row)
 
+    # --- a conversation turn: the hot path, through the batching writer --------------------------
+
+    async def open_turn(
+        self, conversation_id: str, content: str, *, model: str | None = None, agent: str | None = None
+    ) -> OpenedTurn:
+        """Add a user's message and an empty reply (`streaming`) to the conversation, creating it if
+        new; returns once committed. The first user message titles an untitled conversation."""
+        self._checked_id(conversation_id)
+        text = inputs.clean_text(content)
+        op = OpenTurn(
+            conversation_id=conversation_id,
+            user_message_id=new_message_id(),
+            reply_id=new_message_id(),
+            content=text,
+            title=inputs.title_from(text),
+            model=inputs.checked_name(model, "model"),
+            agent=inputs.checked_name(agent, "agent"),
+            now=self._now(),
+        )
+        async with self._available():
+            return await self._batches.submit(op)
+
+    async def finish_reply(
+        self,
+        reply_id: str,
+        conversation_id: str,
+        *,
+        content: str,
+        reasoning: str | None = None,
+        tool_calls: Sequence[BaseModel | Mapping[str, Any]] | None = None,
+        usage: Usage | None = None,
+        timing: TimingLike | None = None,
+        finish_reason: str | None = None,
+        status: FinalStatus = "complete",
+        error: str | None = None,
+    ) -> None:
+        """Record how a reply opened by `open_turn` ended; returns once committed. Raises
+        MessageNotStreaming if it had already ended (e.g. marked failed as abandoned)."""
+        values = _finished_values(content, reasoning, tool_calls, usage, timing, finish_reason, status, error)
+        op = FinishReply(reply_id=reply_id, conversation_id=conversation_id, values=values, now=self._now())
+        async with self._available():
+            if not await self._batches.submit(op):
+                raise MessageNotStreaming(reply_id, "finished")
+
     async def save_progress(self, progress: Sequence[ReplyProgress], alive: Sequence[str] = ()) -> None:
-        """Save what replies still streaming have produced so far, all in one transaction.
+        """Save what replies still streaming have produced so far, all in one write.
 
         `alive`: replies with nothing new, whose `saved_at` is only brought up to date (so other
         servers can tell they are still being written). Replies no longer streaming are left as they are.
         """
         if not progress and not alive:
             return
-        now = self._now()
-        live = _MESSAGES
-        async with self._write() as session:
-            if progress:
-                await session.execute(
-                    update(live)
-                    .where(live.c.id == bindparam("reply_id"), live.c.status == "streaming")
-                    .values(content=bindparam("new_content"), reasoning=bindparam("new_reasoning"), saved_at=now),
-                    [
-                        {
-                            "reply_id": item.message_id,
-                            "new_content": inputs.clean_text(item.content),
-                            "new_reasoning": inputs.clean_text_or_none(item.reasoning),
-                        }
-                        for item in progress
-                    ],
-                )
-            if alive:
-                await session.execute(
-                    update(live).where(live.c.id.in_(alive), live.c.status == "streaming").values(saved_at=now)
-                )
+        clean = [
+            ReplyProgress(item.message_id, inputs.clean_text(item.content), inputs.clean_text_or_none(item.reasoning))
+            for item in progress
+        ]
+        async with self._available():
+            await self._batches.submit(SaveProgress(progress=clean, alive=list(alive), now=self._now()))
+
+    async def recent_history(self, conversation_id: str, limit: int | None = None) -> list[ChatMessage]:
+        """The newest `limit` messages to send a model (all with None), oldest first: as `history`,
+        without reading what context fitting could never keep. A new conversation has none."""
+        if not inputs.ID_PATTERN.match(conversation_id):
+            return []
+        columns = _MESSAGES.c
+        query = select(*_MESSAGE_COLUMNS).where(
+            columns.conversation_id == conversation_id, columns.status.in_(_HISTORY_STATUSES)
+        )
+        query = query.order_by(columns.position.desc()).limit(limit)
+        async with self._available(), self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return _for_the_model(_message(row) for row in reversed(rows))
 
     async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
         """Mark replies left `streaming` by a server that stopped as failed, keeping the text saved
@@ -415,14 +456,19 @@ class ConversationStore:
         self._last_now = now
         return now
 
-    def _new_conversation(self, conversation_id: str | None, title: str | None = None) -> ConversationRow:
-        if conversation_id is None:
-            conversation_id = new_conversation_id()
-        elif not inputs.ID_PATTERN.match(conversation_id):
+    @staticmethod
+    def _checked_id(conversation_id: str) -> None:
+        if not inputs.ID_PATTERN.match(conversation_id):
             raise InvalidStoreInput(
                 f"a conversation id is 1-{ID_LENGTH} letters, digits and . _ : - (starting with a letter or digit)",
                 param="conversation_id",
             )
+
+    def _new_conversation(self, conversation_id: str | None, title: str | None = None) -> ConversationRow:
+        if conversation_id is None:
+            conversation_id = new_conversation_id()
+        else:
+            self._checked_id(conversation_id)
         now = self._now()
         return ConversationRow(id=conversation_id, title=title, message_count=0, created_at=now, updated_at=now)
 
@@ -501,3 +547,43 @@ def _summary(row: ConversationRow) -> ConversationSummary:
 
 def _message(row: Row[*tuple[Any, ...]]) -> MessageRecord:
     return MessageRecord(*row)  # the columns come in the record's field order (checked above)
+
+
+def _for_the_model(records: Iterable[MessageRecord]) -> list[ChatMessage]:
+    """Stored messages as a model sees them: a reply cut short loses its tool calls (they'd have no
+    results to follow them), and an empty reply is left out."""
+    history = []
+    for message in records:
+        if message.status != "complete" and message.tool_calls:
+            message = dataclasses.replace(message, tool_calls=None)
+        if message.role == "assistant" and not message.content and not message.tool_calls:
+            continue
+        history.append(message.to_chat_message())
+    return history
+
+
+def _finished_values(
+    content: str,
+    reasoning: str | None,
+    tool_calls: Sequence[BaseModel | Mapping[str, Any]] | None,
+    usage: Usage | None,
+    timing: TimingLike | None,
+    finish_reason: str | None,
+    status: FinalStatus,
+    error: str | None,
+) -> dict[str, Any]:
+    """The columns a finished reply sets, checked and cleaned."""
+    if status not in ("complete", "cancelled", "failed"):
+        raise InvalidStoreInput(f"a reply ends complete, cancelled or failed; got {status!r}", param="status")
+    return {
+        "content": inputs.clean_text(content),
+        "reasoning": inputs.clean_text_or_none(reasoning),
+        "tool_calls": inputs.plain_tool_calls(tool_calls),
+        "finish_reason": inputs.clean_text_or_none(finish_reason, 32),
+        "status": status,
+        "error": inputs.clean_text_or_none(error),
+        "prompt_tokens": inputs.token_count(usage.prompt_tokens) if usage else None,
+        "completion_tokens": inputs.token_count(usage.completion_tokens) if usage else None,
+        "time_to_first_token_ms": timing.time_to_first_token_ms if timing else None,
+        "total_ms": timing.total_ms if timing else None,
+    }

@@ -1,0 +1,201 @@
+"""The writes of a conversation turn, as batched ops for the store's writer (`store.writer`).
+
+A whole batch of turns costs a handful of statements, whatever its size:
+
+- `OpenTurn`: one multi-row upsert of the turns' conversations (created if new; their message
+  counts raised by two a turn, which hands each turn its two positions) and one executemany
+  insert of the user messages and the empty replies (`streaming`).
+- `SaveProgress`: one executemany update of replies still streaming.
+- `FinishReply`: one executemany update of the conversations' activity, one of the replies, and
+  one select telling which replies were still streaming (those are the ones finished).
+
+Rows are locked in one order (conversations by id, before their messages), so servers sharing
+a PostgreSQL database never deadlock on each other's batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, cast
+
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from parley.store.records import ReplyProgress
+from parley.store.schema import ConversationRow, MessageRow
+from parley.store.writer import WriteOp
+
+CONVERSATIONS = cast(Table, ConversationRow.__table__)
+MESSAGES = cast(Table, MessageRow.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedTurn:
+    conversation_id: str
+    user_message_id: str
+    reply_id: str
+    user_position: int  # the reply's is the next
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTurn(WriteOp[OpenedTurn]):
+    """A user's message and the empty reply to it, at the end of their conversation (made if new)."""
+
+    order: ClassVar[int] = 0
+    conversation_id: str
+    user_message_id: str
+    reply_id: str
+    content: str
+    title: str | None
+    model: str | None
+    agent: str | None
+    now: datetime
+
+    @classmethod
+    async def apply_all(cls, connection: AsyncConnection, ops: Sequence[OpenTurn]) -> Sequence[OpenedTurn]:
+        turns: dict[str, list[OpenTurn]] = {}
+        for op in ops:
+            turns.setdefault(op.conversation_id, []).append(op)
+        rows = [
+            {
+                "id": conversation_id,
+                "title": mine[0].title,
+                "model": mine[-1].model,
+                "agent": mine[-1].agent,
+                "message_count": 2 * len(mine),
+                "created_at": mine[0].now,
+                "updated_at": mine[-1].now,
+            }
+            for conversation_id, mine in sorted(turns.items())
+        ]
+        insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(CONVERSATIONS)
+        current = CONVERSATIONS.c
+        upsert = insert.values(rows).on_conflict_do_update(
+            index_elements=[current.id],
+            set_={
+                "message_count": current.message_count + insert.excluded.message_count,
+                "updated_at": insert.excluded.updated_at,
+                "title": func.coalesce(current.title, insert.excluded.title),
+                "model": func.coalesce(insert.excluded.model, current.model),
+                "agent": func.coalesce(insert.excluded.agent, current.agent),
+            },
+        )
+        returned = await connection.execute(upsert.returning(current.id, current.message_count))
+        counts: dict[str, int] = {row[0]: row[1] for row in returned}
+        opened: dict[int, OpenedTurn] = {}
+        messages: list[dict[str, Any]] = []
+        for conversation_id, mine in turns.items():
+            position = counts[conversation_id] - 2 * len(mine)
+            for op in mine:
+                opened[id(op)] = OpenedTurn(conversation_id, op.user_message_id, op.reply_id, position)
+                messages.append(_message(op, op.user_message_id, position, "user", op.content, "complete"))
+                messages.append(_message(op, op.reply_id, position + 1, "assistant", "", "streaming"))
+                position += 2
+        await connection.execute(MESSAGES.insert(), messages)
+        return [opened[id(op)] for op in ops]
+
+
+def _message(op: OpenTurn, message_id: str, position: int, role: str, content: str, status: str) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "conversation_id": op.conversation_id,
+        "position": position,
+        "role": role,
+        "content": content,
+        "reasoning": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "model": op.model if role == "assistant" else None,
+        "agent": op.agent,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "time_to_first_token_ms": None,
+        "total_ms": None,
+        "finish_reason": None,
+        "status": status,
+        "error": None,
+        "created_at": op.now,
+        "saved_at": None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class SaveProgress(WriteOp[None]):
+    """What replies still streaming have produced so far; `alive` ones only marked as still written."""
+
+    order: ClassVar[int] = 1
+    progress: Sequence[ReplyProgress]
+    alive: Sequence[str]
+    now: datetime
+
+    @classmethod
+    async def apply_all(cls, connection: AsyncConnection, ops: Sequence[SaveProgress]) -> Sequence[None]:
+        live = MESSAGES.c
+        progress = [
+            {"reply_id": item.message_id, "new_content": item.content, "new_reasoning": item.reasoning, "now": op.now}
+            for op in ops
+            for item in op.progress
+        ]
+        if progress:
+            await connection.execute(
+                update(MESSAGES)
+                .where(live.id == bindparam("reply_id"), live.status == "streaming")
+                .values(
+                    content=bindparam("new_content"), reasoning=bindparam("new_reasoning"), saved_at=bindparam("now")
+                ),
+                progress,
+            )
+        alive = [{"reply_id": reply_id, "now": op.now} for op in ops for reply_id in op.alive]
+        if alive:
+            await connection.execute(
+                update(MESSAGES)
+                .where(live.id == bindparam("reply_id"), live.status == "streaming")
+                .values(saved_at=bindparam("now")),
+                alive,
+            )
+        return [None] * len(ops)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishReply(WriteOp[bool]):
+    """How a reply ended, with what it produced. Its result: False if the reply was not streaming
+    (already finished, or marked failed as abandoned), and so was left as it was."""
+
+    order: ClassVar[int] = 2
+    reply_id: str
+    conversation_id: str
+    values: dict[str, Any]  # the messages columns to set
+    now: datetime
+
+    @classmethod
+    async def apply_all(cls, connection: AsyncConnection, ops: Sequence[FinishReply]) -> Sequence[bool]:
+        await connection.execute(
+            update(CONVERSATIONS)
+            .where(CONVERSATIONS.c.id == bindparam("conversation"))
+            .values(updated_at=bindparam("now")),
+            [{"conversation": op.conversation_id, "now": op.now} for op in sorted(ops, key=_by_conversation)],
+        )
+        live = MESSAGES.c
+        columns = list(ops[0].values)
+        await connection.execute(
+            update(MESSAGES)
+            .where(live.id == bindparam("reply_id"), live.status == "streaming")
+            .values({column: bindparam(f"new_{column}") for column in columns} | {"saved_at": bindparam("now")}),
+            [
+                {"reply_id": op.reply_id, "now": op.now} | {f"new_{column}": op.values[column] for column in columns}
+                for op in ops
+            ],
+        )
+        # A reply finished here carries its op's moment in saved_at: nothing else writes that moment.
+        marks = await connection.execute(
+            select(live.id, live.saved_at).where(live.id.in_([op.reply_id for op in ops]), live.status != "streaming")
+        )
+        finished = {(reply_id, saved_at) for reply_id, saved_at in marks}
+        return [(op.reply_id, op.now) in finished for op in ops]
+
+
+def _by_conversation(op: FinishReply) -> str:
+    return op.conversation_id
