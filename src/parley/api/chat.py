@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sse_starlette import ServerSentEvent
 
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.chat_schema import STREAM_EVENT_MODELS, ChatBody, ChatReply, UsageOut, timing_out, tool_calls_out
@@ -14,7 +14,7 @@ from parley.api.deps import ConversationChatDep
 from parley.api.input_limits import CheckedJSONRoute
 from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.errors import ParleyError
-from parley.events import EventBatch
+from parley.events import EventBatch, ReasoningDelta, TextDelta
 from parley.models.base import GenerationParams
 
 router = APIRouter(prefix="/api", tags=["Parley chat API"], route_class=CheckedJSONRoute)
@@ -40,22 +40,37 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 
 class _SSEChatEvents:
-    """Named SSE events, numbered so clients can tell their place."""
+    """Named SSE events, numbered so clients can tell their place.
+
+    Text and reasoning deltas, one per token, are framed straight from their text (no payload
+    model, no SSE object): on a stored turn's path that was a tenth of the CPU.
+    """
 
     def __init__(self, events: ChatEvents) -> None:
         self._events = events
         self._sequence = 0
 
-    def _sse(self, named: NamedEvent) -> bytes:
+    def _frame(self, name: bytes, data: bytes) -> bytes:
         self._sequence += 1
+        return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (self._sequence, name, data)
+
+    def _sse(self, named: NamedEvent) -> bytes:
         name, payload = named
-        return ServerSentEvent(data=payload.model_dump_json(), event=name, id=str(self._sequence)).encode()
+        return self._frame(name.encode(), payload.model_dump_json().encode())
 
     def opening(self) -> bytes:
         return b"".join(map(self._sse, self._events.opening()))
 
     def encode(self, batch: EventBatch) -> bytes:
-        return b"".join([self._sse(named) for event in batch for named in self._events.encode(event)])
+        parts: list[bytes] = []
+        for event in batch:
+            if type(event) is TextDelta:
+                parts.append(self._frame(b"text_delta", b'{"text":' + orjson.dumps(event.text) + b"}"))
+            elif type(event) is ReasoningDelta:
+                parts.append(self._frame(b"reasoning_delta", b'{"text":' + orjson.dumps(event.text) + b"}"))
+            else:
+                parts += map(self._sse, self._events.encode(event))
+        return b"".join(parts)
 
     def closing(self) -> bytes:
         return b"".join(map(self._sse, self._events.closing()))

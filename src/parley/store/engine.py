@@ -16,6 +16,11 @@ from parley.store.urls import async_url, sqlite_path
 WRITE = "parley_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_SECONDS = 10.0
+# Fixed pools, no overflow: under load a request waits a moment for a connection instead of
+# opening (and soon closing) one of its own, which on SQLite starts a thread each time. SQLite
+# writes through one connection at a time (the store's writer) and reads through the others.
+SQLITE_CONNECTIONS = 5
+POSTGRES_CONNECTIONS = 16
 
 
 def create_engine(url: str | URL) -> AsyncEngine:
@@ -23,16 +28,20 @@ def create_engine(url: str | URL) -> AsyncEngine:
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         path = sqlite_path(target)
-        if path is not None:
+        pool: dict[str, Any] = {}
+        if path is not None:  # (an in-memory database has one connection, and no pool to size)
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(target)
+            pool = {"pool_size": SQLITE_CONNECTIONS, "max_overflow": 0}
+        engine = create_async_engine(target, **pool)
         _configure_sqlite(engine.sync_engine)
         return engine
     # pre_ping: a connection the server closed (restart, idle timeout, database dropped) is
     # replaced, not handed out. A connect that gets no answer fails in CONNECT_TIMEOUT_SECONDS
     # (asyncpg's default is 60), unless the URL sets `timeout` itself.
     connect_args = {} if "timeout" in target.query else {"timeout": CONNECT_TIMEOUT_SECONDS}
-    return create_async_engine(target, pool_pre_ping=True, connect_args=connect_args)
+    return create_async_engine(
+        target, pool_pre_ping=True, pool_size=POSTGRES_CONNECTIONS, max_overflow=0, connect_args=connect_args
+    )
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:
@@ -50,6 +59,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")  # readers don't block the writer, nor it them
+        # In WAL mode, NORMAL syncs at checkpoints, not at every commit: a committed write survives
+        # the process being killed (the durability Parley promises), and only a power loss or an
+        # OS crash can take back the last commits. FULL would add an fsync to every batch.
+        cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
