@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from parley.api import chat, conversations, health, openai, ws
+from parley.api.compat import chatkit, chatkit_tutor
 from parley.api.draining import RefuseWhileDraining
 from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
@@ -67,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.include_router(chatkit_tutor.router)
+    app.include_router(chatkit.router)
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
     document_by_hand(app)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from parley.api import openai
 from parley.api.chat_schema import stream_event_schemas
+from parley.api.compat.chatkit_doc import request_schemas as chatkit_request_schemas
 from parley.api.input_limits import MAX_STOP_SEQUENCES
 from parley.store.inputs import ID_PATTERN
 
@@ -52,6 +53,7 @@ def complete(schema: Schema, app: FastAPI) -> Schema:
     schemas.update(chat_completions["components"])
     paths.update(chat_completions["paths"])
     schemas.update(_RESPONSE_SCHEMAS)
+    schemas.update(chatkit_request_schemas(_NOT_WHITESPACE))
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     for path, methods in paths.items():

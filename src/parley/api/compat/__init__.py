@@ -1,0 +1,1 @@
+"""Adapters for the wire shapes of the systems Parley replaces: one module per system."""
