@@ -13,15 +13,17 @@ import pytest
 from tests.support.server import running_parley
 from tests.support.upstream import TEXT_REPLY, Upstream
 
-TUTOR_PROMPT = "You are a friendly AI tutor for a robotics textbook. Explain:, Translate to Urdu:, Summarize: are actions."
+TUTOR_PROMPT = (
+    "You are a friendly AI tutor for a robotics textbook. Explain:, Translate to Urdu:, Summarize: are actions."
+)
 
 
 @pytest.fixture(scope="module")
 def plain() -> Iterator[httpx.Client]:
     """No `tutor` agent configured: the default model (an echo) answers."""
-    with running_parley(models=[{"name": "echo", "provider": "fake", "chunk_chars": 3}]) as url:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            yield client
+    models = [{"name": "echo", "provider": "fake", "chunk_chars": 3}]
+    with running_parley(models=models) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
