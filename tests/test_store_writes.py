@@ -128,3 +128,38 @@ async def test_closing_the_store_applies_what_is_queued(store: ConversationStore
     assert len(opened) == 30
     for n in range(30):
         assert (await store.get_conversation(f"late-{n}")).message_count == 2
+
+
+async def test_recent_history_always_matches_what_is_stored(store: ConversationStore) -> None:
+    """However turns interleave (kept in process on SQLite), the history a turn reads is the stored one."""
+    conversations = ["h-a", "h-b", "h-c"]
+
+    async def turn(conversation: str, n: int) -> None:
+        before = await store.recent_history(conversation, 8)
+        assert before == (await store.history(conversation))[-8:] if before else True
+        opened = await store.open_turn(conversation, f"question {n}")
+        status = ("complete", "cancelled", "failed")[n % 3]
+        content = "" if n % 5 == 0 else f"answer {n}"
+        await store.finish_reply(opened.reply_id, conversation, content=content, status=status)  # type: ignore[arg-type]
+
+    for round_ in range(4):
+        await asyncio.gather(*(turn(conversations[n % 3], round_ * 10 + n) for n in range(9)))
+        for conversation in conversations:
+            stored = await store.history(conversation)
+            assert await store.recent_history(conversation) == stored
+            assert await store.recent_history(conversation, 5) == stored[-5:]
+    await store.delete("h-a")
+    assert await store.recent_history("h-a") == []
+    await store.rename("h-b", "renamed")
+    assert await store.recent_history("h-b") == await store.history("h-b")
+
+
+async def test_a_history_read_from_the_database_continues_correctly(store: ConversationStore) -> None:
+    first = await store.open_turn("reread", "one")
+    await store.finish_reply(first.reply_id, "reread", content="uno")
+    fresh = ConversationStore(store.engine)  # a restarted server: nothing kept yet
+    assert [m.content for m in await fresh.recent_history("reread", 10)] == ["one", "uno"]
+    second = await fresh.open_turn("reread", "two")
+    await fresh.finish_reply(second.reply_id, "reread", content="dos")
+    assert [m.content for m in await fresh.recent_history("reread", 10)] == ["one", "uno", "two", "dos"]
+    assert await fresh.recent_history("reread") == await fresh.history("reread")

@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import Row, Select, Table, delete, func, literal, select, text, tuple_, update
+from sqlalchemy import Row, Select, Table, and_, bindparam, delete, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from parley.events import Usage
-from parley.models.base import ChatMessage
+from parley.models.base import ChatMessage, ToolCall
 from parley.store import export, inputs
 from parley.store.availability import Availability
 from parley.store.engine import create_engine, writer
@@ -34,6 +34,7 @@ from parley.store.errors import (
     MessageNotFound,
     MessageNotStreaming,
 )
+from parley.store.history_cache import HistoryCache
 from parley.store.migrator import migrate
 from parley.store.records import (
     ConversationPage,
@@ -85,6 +86,8 @@ class ConversationStore:
         # this server's own writes queue here instead (other processes still meet the busy timeout).
         self._write_turn = asyncio.Lock() if self._dialect == "sqlite" else None
         self._availability = Availability(engine)
+        # Recent histories kept in process: only where no other server writes the database.
+        self._history = HistoryCache() if self._dialect == "sqlite" else None
         begin = writer(engine).begin
         lock = self._write_turn
         self._batches = BatchWriter(
@@ -197,7 +200,7 @@ class ConversationStore:
             rows = (await session.execute(query)).all()
             if not rows:
                 await self._conversation(session, conversation_id)
-        return _for_the_model(_message(row) for row in rows)
+        return [message for _, message in _for_the_model_at(_message(row) for row in rows)]
 
     async def rename(self, conversation_id: str, title: str) -> ConversationSummary:
         clean = inputs.checked_title(title)
@@ -214,6 +217,7 @@ class ConversationStore:
             )
             if deleted.first() is None:
                 raise ConversationNotFound(conversation_id)
+        self._forget(conversation_id)
 
     async def export_json(self, conversation_id: str) -> dict[str, Any]:
         return export.to_json(await self.get_conversation(conversation_id))
@@ -250,6 +254,7 @@ class ConversationStore:
             status="complete",
         )
         title = inputs.title_from(row.content) if role == "user" else None
+        self._forget_all()  # (these older single writes are not fed to the history cache)
         return await self._add(conversation_id, row, message_id, title=title)
 
     async def start_assistant_message(
@@ -271,6 +276,7 @@ class ConversationStore:
             agent=inputs.checked_name(agent, "agent"),
             status="streaming",
         )
+        self._forget_all()
         return await self._add(conversation_id, row, message_id, model=row.model, agent=row.agent)
 
     async def finish_message(
@@ -289,6 +295,7 @@ class ConversationStore:
         """Record how a reply ended, with what it produced, whatever the outcome (once per reply)."""
         values = _finished_values(content, reasoning, tool_calls, usage, timing, finish_reason, status, error)
         now = self._now()
+        self._forget_all()
         async with self._write() as session:
             owner = select(MessageRow.conversation_id).where(MessageRow.id == message_id).scalar_subquery()
             # The conversation row first, as append does: writers lock in one order, so never deadlock.
@@ -332,8 +339,16 @@ class ConversationStore:
             agent=inputs.checked_name(agent, "agent"),
             now=self._now(),
         )
-        async with self._available():
-            return await self._batches.submit(op)
+        try:
+            async with self._available():
+                opened = await self._batches.submit(op)
+        except BaseException:
+            self._forget(conversation_id)
+            raise
+        if self._history is not None:
+            user = ChatMessage(role="user", content=text)
+            self._history.opened(conversation_id, opened.user_position, opened.reply_id, user)
+        return opened
 
     async def finish_reply(
         self,
@@ -353,9 +368,20 @@ class ConversationStore:
         MessageNotStreaming if it had already ended (e.g. marked failed as abandoned)."""
         values = _finished_values(content, reasoning, tool_calls, usage, timing, finish_reason, status, error)
         op = FinishReply(reply_id=reply_id, conversation_id=conversation_id, values=values, now=self._now())
-        async with self._available():
-            if not await self._batches.submit(op):
-                raise MessageNotStreaming(reply_id, "finished")
+        try:
+            async with self._available():
+                finished = await self._batches.submit(op)
+        except BaseException:
+            self._forget(conversation_id)
+            raise
+        if not finished:
+            self._forget(conversation_id)
+            raise MessageNotStreaming(reply_id, "finished")
+        if self._history is not None:
+            seen = None  # a failed reply is not shown to the model again
+            if status in _HISTORY_STATUSES:
+                seen = _model_message("assistant", values["content"], values["tool_calls"], None, status)
+            self._history.finished(conversation_id, reply_id, seen)
 
     async def save_progress(self, progress: Sequence[ReplyProgress], alive: Sequence[str] = ()) -> None:
         """Save what replies still streaming have produced so far, all in one write.
@@ -377,14 +403,31 @@ class ConversationStore:
         without reading what context fitting could never keep. A new conversation has none."""
         if not inputs.ID_PATTERN.match(conversation_id):
             return []
-        columns = _MESSAGES.c
-        query = select(*_MESSAGE_COLUMNS).where(
-            columns.conversation_id == conversation_id, columns.status.in_(_HISTORY_STATUSES)
-        )
-        query = query.order_by(columns.position.desc()).limit(limit)
-        async with self._available(), self._engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
-        return _for_the_model(_message(row) for row in reversed(rows))
+        cache = self._history
+        if cache is not None:
+            if (kept := cache.get(conversation_id, limit)) is not None:
+                return kept
+            cache.reading(conversation_id)
+        query, parameters = _NEWEST, {"conversation": conversation_id, "newest": limit}
+        if limit is None:
+            query, parameters = _ALL_NEWEST_FIRST, {"conversation": conversation_id}
+        try:
+            async with self._available(), self._engine.connect() as connection:
+                rows = (await connection.execute(query, parameters)).all()
+                count = await connection.scalar(_MESSAGE_COUNT, parameters) if cache is not None else None
+        except BaseException:
+            if cache is not None:
+                cache.read_failed(conversation_id)
+            raise
+        kept_pairs = _for_the_model_at(_message(row) for row in reversed(rows))
+        messages = [message for _, message in kept_pairs]
+        if cache is not None:
+            if count is None:  # no such conversation (yet): its first turn starts the cache
+                cache.read_failed(conversation_id)
+            else:
+                whole = limit is None or len(rows) < limit
+                cache.read(conversation_id, messages, [position for position, _ in kept_pairs], count, whole)
+        return list(messages)
 
     async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
         """Mark replies left `streaming` by a server that stopped as failed, keeping the text saved
@@ -395,6 +438,7 @@ class ConversationStore:
         are still writing are left alone.
         """
         cutoff = self._now() - older_than
+        self._forget_all()
         last_saved = func.coalesce(MessageRow.saved_at, MessageRow.created_at)
         async with self._write() as session:
             result = await session.execute(
@@ -455,6 +499,14 @@ class ConversationStore:
             now = self._last_now + timedelta(microseconds=1)
         self._last_now = now
         return now
+
+    def _forget(self, conversation_id: str) -> None:
+        if self._history is not None:
+            self._history.drop(conversation_id)
+
+    def _forget_all(self) -> None:
+        if self._history is not None:
+            self._history.clear()
 
     @staticmethod
     def _checked_id(conversation_id: str) -> None:
@@ -529,6 +581,22 @@ if [column.name for column in _MESSAGE_COLUMNS] != [field.name for field in data
     raise RuntimeError("MessageRecord's fields must follow the messages table's columns, in order")
 
 
+_M = _MESSAGES.c
+# What a model sees, newest first: one row a message (an empty reply, left out anyway, is not
+# read), so a limit counts exactly the messages fitting may keep.
+_ALL_NEWEST_FIRST = (
+    select(*_MESSAGE_COLUMNS)
+    .where(
+        _M.conversation_id == bindparam("conversation"),
+        _M.status.in_(_HISTORY_STATUSES),
+        or_(_M.role != "assistant", _M.content != "", and_(_M.tool_calls.is_not(None), _M.status == "complete")),
+    )
+    .order_by(_M.position.desc())
+)
+_NEWEST = _ALL_NEWEST_FIRST.limit(bindparam("newest"))
+_MESSAGE_COUNT = select(ConversationRow.message_count).where(ConversationRow.id == bindparam("conversation"))
+
+
 def _messages_of(conversation_id: str) -> Select[*tuple[Any, ...]]:
     return select(*_MESSAGE_COLUMNS).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.position)
 
@@ -549,17 +617,27 @@ def _message(row: Row[*tuple[Any, ...]]) -> MessageRecord:
     return MessageRecord(*row)  # the columns come in the record's field order (checked above)
 
 
-def _for_the_model(records: Iterable[MessageRecord]) -> list[ChatMessage]:
-    """Stored messages as a model sees them: a reply cut short loses its tool calls (they'd have no
-    results to follow them), and an empty reply is left out."""
-    history = []
-    for message in records:
-        if message.status != "complete" and message.tool_calls:
-            message = dataclasses.replace(message, tool_calls=None)
-        if message.role == "assistant" and not message.content and not message.tool_calls:
-            continue
-        history.append(message.to_chat_message())
-    return history
+def _for_the_model_at(records: Iterable[MessageRecord]) -> list[tuple[int, ChatMessage]]:
+    """Stored messages as a model sees them, with their positions."""
+    kept = []
+    for record in records:
+        message = _model_message(record.role, record.content, record.tool_calls, record.tool_call_id, record.status)
+        if message is not None:
+            kept.append((record.position, message))
+    return kept
+
+
+def _model_message(
+    role: str, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None, status: str
+) -> ChatMessage | None:
+    """A stored message as a model sees it: a reply cut short loses its tool calls (they'd have no
+    results to follow them), and an empty reply is left out (None)."""
+    if status != "complete":
+        tool_calls = None
+    if role == "assistant" and not content and not tool_calls:
+        return None
+    calls = [ToolCall.model_validate(call) for call in tool_calls] if tool_calls else None
+    return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id)
 
 
 def _finished_values(

@@ -15,7 +15,7 @@ a PostgreSQL database never deadlock on each other's batches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, cast
@@ -71,19 +71,7 @@ class OpenTurn(WriteOp[OpenedTurn]):
             }
             for conversation_id, mine in sorted(turns.items())
         ]
-        insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(CONVERSATIONS)
-        current = CONVERSATIONS.c
-        upsert = insert.values(rows).on_conflict_do_update(
-            index_elements=[current.id],
-            set_={
-                "message_count": current.message_count + insert.excluded.message_count,
-                "updated_at": insert.excluded.updated_at,
-                "title": func.coalesce(current.title, insert.excluded.title),
-                "model": func.coalesce(insert.excluded.model, current.model),
-                "agent": func.coalesce(insert.excluded.agent, current.agent),
-            },
-        )
-        returned = await connection.execute(upsert.returning(current.id, current.message_count))
+        returned = await connection.execute(_UPSERTS[connection.dialect.name], rows)
         counts: dict[str, int] = {row[0]: row[1] for row in returned}
         opened: dict[int, OpenedTurn] = {}
         messages: list[dict[str, Any]] = []
@@ -94,8 +82,30 @@ class OpenTurn(WriteOp[OpenedTurn]):
                 messages.append(_message(op, op.user_message_id, position, "user", op.content, "complete"))
                 messages.append(_message(op, op.reply_id, position + 1, "assistant", "", "streaming"))
                 position += 2
-        await connection.execute(MESSAGES.insert(), messages)
+        await connection.execute(_INSERT_MESSAGES, messages)
         return [opened[id(op)] for op in ops]
+
+
+def _upsert(insert: Callable[[Table], Any]) -> Any:
+    """Conversations made if new, their message counts raised, the new counts returned: one
+    statement, built once, that SQLAlchemy sends for a batch's rows as one multi-row insert."""
+    statement = insert(CONVERSATIONS)
+    current, new = CONVERSATIONS.c, statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[current.id],
+        set_={
+            "message_count": current.message_count + new.message_count,
+            "updated_at": new.updated_at,
+            "title": func.coalesce(current.title, new.title),
+            "model": func.coalesce(new.model, current.model),
+            "agent": func.coalesce(new.agent, current.agent),
+        },
+    ).returning(current.id, current.message_count, sort_by_parameter_order=True)
+
+
+# Statements built once: constructing them per batch showed in the turn path's profile.
+_UPSERTS = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
+_INSERT_MESSAGES = MESSAGES.insert()
 
 
 def _message(op: OpenTurn, message_id: str, position: int, role: str, content: str, status: str) -> dict[str, Any]:
@@ -133,29 +143,16 @@ class SaveProgress(WriteOp[None]):
 
     @classmethod
     async def apply_all(cls, connection: AsyncConnection, ops: Sequence[SaveProgress]) -> Sequence[None]:
-        live = MESSAGES.c
         progress = [
             {"reply_id": item.message_id, "new_content": item.content, "new_reasoning": item.reasoning, "now": op.now}
             for op in ops
             for item in op.progress
         ]
         if progress:
-            await connection.execute(
-                update(MESSAGES)
-                .where(live.id == bindparam("reply_id"), live.status == "streaming")
-                .values(
-                    content=bindparam("new_content"), reasoning=bindparam("new_reasoning"), saved_at=bindparam("now")
-                ),
-                progress,
-            )
+            await connection.execute(_SAVE_PROGRESS, progress)
         alive = [{"reply_id": reply_id, "now": op.now} for op in ops for reply_id in op.alive]
         if alive:
-            await connection.execute(
-                update(MESSAGES)
-                .where(live.id == bindparam("reply_id"), live.status == "streaming")
-                .values(saved_at=bindparam("now")),
-                alive,
-            )
+            await connection.execute(_MARK_ALIVE, alive)
         return [None] * len(ops)
 
 
@@ -167,35 +164,58 @@ class FinishReply(WriteOp[bool]):
     order: ClassVar[int] = 2
     reply_id: str
     conversation_id: str
-    values: dict[str, Any]  # the messages columns to set
+    values: dict[str, Any]  # FINISHED_COLUMNS' values
     now: datetime
 
     @classmethod
     async def apply_all(cls, connection: AsyncConnection, ops: Sequence[FinishReply]) -> Sequence[bool]:
+        activity = [{"conversation": op.conversation_id, "now": op.now} for op in sorted(ops, key=_by_conversation)]
+        await connection.execute(_TOUCH_CONVERSATIONS, activity)
         await connection.execute(
-            update(CONVERSATIONS)
-            .where(CONVERSATIONS.c.id == bindparam("conversation"))
-            .values(updated_at=bindparam("now")),
-            [{"conversation": op.conversation_id, "now": op.now} for op in sorted(ops, key=_by_conversation)],
-        )
-        live = MESSAGES.c
-        columns = list(ops[0].values)
-        await connection.execute(
-            update(MESSAGES)
-            .where(live.id == bindparam("reply_id"), live.status == "streaming")
-            .values({column: bindparam(f"new_{column}") for column in columns} | {"saved_at": bindparam("now")}),
+            _FINISH_REPLIES,
             [
-                {"reply_id": op.reply_id, "now": op.now} | {f"new_{column}": op.values[column] for column in columns}
+                {"reply_id": op.reply_id, "now": op.now} | {f"new_{c}": op.values[c] for c in FINISHED_COLUMNS}
                 for op in ops
             ],
         )
         # A reply finished here carries its op's moment in saved_at: nothing else writes that moment.
-        marks = await connection.execute(
-            select(live.id, live.saved_at).where(live.id.in_([op.reply_id for op in ops]), live.status != "streaming")
-        )
+        marks = await connection.execute(_FINISHED_MARKS, {"ids": [op.reply_id for op in ops]})
         finished = {(reply_id, saved_at) for reply_id, saved_at in marks}
         return [(op.reply_id, op.now) in finished for op in ops]
 
 
 def _by_conversation(op: FinishReply) -> str:
     return op.conversation_id
+
+
+FINISHED_COLUMNS = (
+    "content",
+    "reasoning",
+    "tool_calls",
+    "finish_reason",
+    "status",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "time_to_first_token_ms",
+    "total_ms",
+)
+_LIVE = MESSAGES.c
+_STREAMING = (_LIVE.id == bindparam("reply_id"), _LIVE.status == "streaming")
+_SAVE_PROGRESS = (
+    update(MESSAGES)
+    .where(*_STREAMING)
+    .values(content=bindparam("new_content"), reasoning=bindparam("new_reasoning"), saved_at=bindparam("now"))
+)
+_MARK_ALIVE = update(MESSAGES).where(*_STREAMING).values(saved_at=bindparam("now"))
+_TOUCH_CONVERSATIONS = (
+    update(CONVERSATIONS).where(CONVERSATIONS.c.id == bindparam("conversation")).values(updated_at=bindparam("now"))
+)
+_FINISH_REPLIES = (
+    update(MESSAGES)
+    .where(*_STREAMING)
+    .values({column: bindparam(f"new_{column}") for column in FINISHED_COLUMNS} | {"saved_at": bindparam("now")})
+)
+_FINISHED_MARKS = select(_LIVE.id, _LIVE.saved_at).where(
+    _LIVE.id.in_(bindparam("ids", expanding=True)), _LIVE.status != "streaming"
+)
