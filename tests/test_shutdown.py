@@ -253,3 +253,28 @@ def wait_for_status(url: str, conversation_id: str, status: str) -> dict[str, An
         assert time.monotonic() < deadline, f"the reply stayed {saved['status']}"
         time.sleep(0.2)
     return saved
+
+
+def test_a_reply_acknowledged_complete_survives_a_kill_right_after(tmp_path: Path, server_database: str) -> None:
+    """message_complete means committed: a SIGKILL the moment it arrives loses nothing."""
+    config = write_config(tmp_path, server_database)
+    replies: list[tuple[str, str]] = []
+    with parley_process(config) as server:
+        for n in range(5):
+            message = f"turn {n} " + "d" * 20
+            reader = SSEReader().start(f"{server.url}/api/chat", {"message": message, "model": "slow"})
+            reader.finish()
+            assert reader.events[-1][0] == "message_complete"
+            replies.append((conversation_of(reader), reader.text))
+        reader = SSEReader().start(f"{server.url}/api/chat", {"message": "last " + "e" * 20, "model": "slow"})
+        deadline = time.monotonic() + WAIT
+        while not any(name == "message_complete" for name, _ in reader.events):
+            assert time.monotonic() < deadline, f"the reply did not complete: {reader.events[-3:]}"
+            time.sleep(0.001)
+        server.process.send_signal(signal.SIGKILL)  # the moment the acknowledgement is in
+        server.wait(WAIT)
+        replies.append((conversation_of(reader), reader.text))
+    with parley_process(config) as again:
+        for conversation, text in replies:
+            saved = stored_reply(again.url, conversation)
+            assert (saved["status"], saved["content"]) == ("complete", text)
