@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -204,7 +205,8 @@ def test_what_the_server_does_not_serve_is_refused_in_openai_shape(http: httpx.C
     with_file = user_input("look")
     with_file.attachments = ["atc_1"]
     assert post(http, ThreadsCreateReq(params=ThreadCreateParams(input=with_file))).status_code == 400
-    for body in (b"{}", b'{"type": "threads.create"}', b"not json"):
+    loose = {"type": "threads.get_by_id", "params": {"thread_id": 5}}  # JSON types as sent: 5 is no id
+    for body in (b"{}", b'{"type": "threads.create"}', b"not json", json.dumps(loose).encode()):
         reply = http.post("/chatkit", content=body)
         assert reply.status_code == 400
         assert set(reply.json()["error"]) == {"message", "type", "param", "code"}

@@ -114,7 +114,7 @@ def _document_errors(path: str, operation: Operation) -> None:
         reasons[502] = ["The model's upstream failed or answered nonsense (`upstream_error`)."]
     if path not in _OPERATIONS_PATHS:
         reasons[503] = ["The server is shutting down (`server_shutting_down`); see `Retry-After`."]
-    if path.startswith("/api/"):
+    if path.startswith(("/api/", "/chatkit")):  # the stored conversations' routes
         reasons[503].append("The conversation store can't be reached (`store_unavailable`).")
     if chat:
         reasons[503].append("The model is still loading or failed to load (`model_not_ready`).")

@@ -62,7 +62,7 @@ async def chatkit(request: Request, conversations: ConversationChatDep, store: S
     """One ChatKit request: thread and item requests answer JSON, messages stream ChatKit events."""
     body = loads_object(await request.body(), max_depth=request.app.state.settings.max_json_depth)
     try:
-        parsed = _REQUESTS.validate_python(body)
+        parsed = _REQUESTS.validate_python(body, strict=True)  # JSON types as sent: 0 is no boolean
     except ValidationError as exc:
         raise _invalid(exc) from None
     if isinstance(parsed, ThreadsCreateReq | ThreadsAddUserMessageReq):

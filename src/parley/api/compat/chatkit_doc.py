@@ -2,7 +2,7 @@
 
 The request schemas are the package's own, under `ChatKit…` names in the document's components,
 narrowed to what the server accepts (a message has text and no attachments; a `type` is always
-sent; at most 200 threads a page). Answers are described by their shape only: a JSON object, or
+sent; at most 200 threads a page, newest first). Answers are described by their shape only: a JSON object, or
 an SSE stream whose every event is a JSON object with a `type` (the package's types define them).
 """
 
@@ -59,8 +59,9 @@ def request_schemas(not_whitespace: str) -> Schema:
         schemas[_PREFIX + part]["properties"]["text"]["minLength"] = 1
     title = schemas[_PREFIX + "ThreadUpdateParams"]["properties"]["title"]
     title.update(maxLength=MAX_TITLE_CHARS, pattern=not_whitespace)
-    limit = schemas[_PREFIX + "ThreadListParams"]["properties"]["limit"]["anyOf"][0]
-    limit.update(minimum=1, maximum=200)
+    listing = schemas[_PREFIX + "ThreadListParams"]["properties"]
+    listing["limit"]["anyOf"][0].update(minimum=1, maximum=200)
+    listing["order"] = {"const": "desc", "default": "desc", "description": "Newest first (the only order served)."}
     return schemas
 
 

@@ -172,7 +172,7 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/chatkit/api", response_class=SSEResponse, responses=_STREAM_DOC)
+@router.post("/chatkit/api", status_code=200, response_class=SSEResponse, responses=_STREAM_DOC)
 async def tutor_message(body: TutorRequest, request: Request, conversations: ConversationChatDep) -> SSEResponse:
     """One message from the ChatKit tutor widget; the answer streams back as the widget reads it."""
     settings = request.app.state.settings
