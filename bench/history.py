@@ -4,10 +4,14 @@ For SQLite (a file in a temporary directory) and PostgreSQL (a database created 
 PARLEY_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test, dropped after),
 through the real ConversationStore:
 
-- load: `get_conversation` (every stored field) and `history` (ChatMessages for the model) of a
-  conversation holding 1,000 messages;
-- turn: what one chat exchange writes: `append_message` (the user's), `start_assistant_message`,
-  `finish_message` (the reply, with usage and timing); three transactions.
+- load: the window a turn reads (`recent_history`: the newest messages fitting could keep for a
+  2,048-token context), from the database and again (SQLite keeps it in process), and the whole
+  conversation (`history`, `get_conversation`), of a conversation holding 1,000 messages;
+- turn: what one chat exchange writes, as a turn writes it: `open_turn` (the user's message and
+  the empty reply) then `finish_reply` (with usage and timing), one at a time (so no batching
+  across turns helps); and, for comparison, the older three single writes.
+
+Targets: the fitting window p50 <= 5 ms, a turn p50 <= 2 ms, on both stores.
 
 Prints p50 / p99 in ms per backend; an unreachable PostgreSQL is reported, not fatal. Runtime is
 bounded (each measurement stops early at its time budget); exits 0.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import sys
@@ -34,12 +39,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from parley.chat.context import history_window
 from parley.chat.run import Timing
 from parley.events import Usage
 from parley.store import ConversationStore, async_url, open_store
 
 POSTGRES_URL = os.environ.get("PARLEY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MESSAGES = 1000
+CONTEXT_SIZE = 2048  # the bundled model's: the window is the newest messages fitting could keep
 PHASE_BUDGET_S = 4.5  # per measurement: 4 per backend, so under a minute in all with filling
 USER_TEXT = "Could you explain how the context window limits what the model remembers of our chat? " * 2
 REPLY_TEXT = "The model only sees the tokens that fit in its context window; older turns fall out. " * 6
@@ -71,6 +78,20 @@ async def _fill(store: ConversationStore, conversation_id: str, messages: int) -
 
 
 async def _turn(store: ConversationStore, conversation_id: str) -> None:
+    """A chat turn's writes, as `/api/chat` and the WebSocket make them: opened, then finished."""
+    opened = await store.open_turn(conversation_id, USER_TEXT, model="bench")
+    await store.finish_reply(
+        opened.reply_id,
+        conversation_id,
+        content=REPLY_TEXT,
+        usage=Usage(prompt_tokens=1200, completion_tokens=90),
+        timing=Timing(time_to_first_token_ms=35.0, total_ms=1500.0, tokens_per_second=60.0),
+        finish_reason="stop",
+    )
+
+
+async def _three_writes(store: ConversationStore, conversation_id: str) -> None:
+    """The older single-write methods, for comparison: three transactions through the ORM."""
     await store.append_message(conversation_id, "user", USER_TEXT)
     reply = await store.start_assistant_message(conversation_id, model="bench")
     await store.finish_message(
@@ -91,27 +112,38 @@ async def bench_backend(name: str, url: str, loads: int, turns: int) -> list[Row
         print(f"  {name}: filled {MESSAGES} messages in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         assert len((await store.get_conversation(long.id)).messages) == MESSAGES
 
+        window = history_window(CONTEXT_SIZE)
+
+        async def window_from_the_database() -> object:
+            return await ConversationStore(store.engine).recent_history(long.id, window)  # nothing kept yet
+
         rows = [
             Row(
                 name,
-                "load 1,000 (get_conversation)",
+                f"fitting window ({window} newest), database",
+                await _timed(window_from_the_database, loads, PHASE_BUDGET_S),
+            ),
+            Row(
+                name,
+                f"fitting window ({window} newest), again",
+                await _timed(lambda: store.recent_history(long.id, window), loads, PHASE_BUDGET_S),
+            ),
+            Row(name, "load all 1,000 (history)", await _timed(lambda: store.history(long.id), loads, PHASE_BUDGET_S)),
+            Row(
+                name,
+                "load all 1,000 (get_conversation)",
                 await _timed(lambda: store.get_conversation(long.id), loads, PHASE_BUDGET_S),
             ),
-            Row(name, "load 1,000 (history)", await _timed(lambda: store.history(long.id), loads, PHASE_BUDGET_S)),
         ]
         short = await store.create_conversation("bench: turns")
+        for label, conversation in (("new chat", short.id), ("1,000-message chat", long.id)):
+            samples = await _timed(functools.partial(_turn, store, conversation), turns, PHASE_BUDGET_S)
+            rows.append(Row(name, f"append a turn, {label}", samples))
         rows.append(
             Row(
                 name,
-                "append a turn (3 writes), new chat",
-                await _timed(lambda: _turn(store, short.id), turns, PHASE_BUDGET_S),
-            )
-        )
-        rows.append(
-            Row(
-                name,
-                "append a turn, 1,000-message chat",
-                await _timed(lambda: _turn(store, long.id), turns, PHASE_BUDGET_S),
+                "append a turn, 3 single writes (older API)",
+                await _timed(lambda: _three_writes(store, short.id), turns, PHASE_BUDGET_S),
             )
         )
         return rows

@@ -200,7 +200,8 @@ class ConversationStore:
             rows = (await session.execute(query)).all()
             if not rows:
                 await self._conversation(session, conversation_id)
-        return [message for _, message in _for_the_model_at(_message(row) for row in rows)]
+        seen = [(m.position, m.role, m.content, m.tool_calls, m.tool_call_id, m.status) for m in map(_message, rows)]
+        return [message for _, message in _for_the_model_at(seen)]
 
     async def rename(self, conversation_id: str, title: str) -> ConversationSummary:
         clean = inputs.checked_title(title)
@@ -419,7 +420,7 @@ class ConversationStore:
             if cache is not None:
                 cache.read_failed(conversation_id)
             raise
-        kept_pairs = _for_the_model_at(_message(row) for row in reversed(rows))
+        kept_pairs = _for_the_model_at(reversed(rows))
         messages = [message for _, message in kept_pairs]
         if cache is not None:
             if count is None:  # no such conversation (yet): its first turn starts the cache
@@ -585,7 +586,7 @@ _M = _MESSAGES.c
 # What a model sees, newest first: one row a message (an empty reply, left out anyway, is not
 # read), so a limit counts exactly the messages fitting may keep.
 _ALL_NEWEST_FIRST = (
-    select(*_MESSAGE_COLUMNS)
+    select(_M.position, _M.role, _M.content, _M.tool_calls, _M.tool_call_id, _M.status)
     .where(
         _M.conversation_id == bindparam("conversation"),
         _M.status.in_(_HISTORY_STATUSES),
@@ -617,18 +618,19 @@ def _message(row: Row[*tuple[Any, ...]]) -> MessageRecord:
     return MessageRecord(*row)  # the columns come in the record's field order (checked above)
 
 
-def _for_the_model_at(records: Iterable[MessageRecord]) -> list[tuple[int, ChatMessage]]:
-    """Stored messages as a model sees them, with their positions."""
+def _for_the_model_at(rows: Iterable[Sequence[Any]]) -> list[tuple[int, ChatMessage]]:
+    """Stored messages (position, role, content, tool_calls, tool_call_id, status) as a model sees
+    them, with their positions."""
     kept = []
-    for record in records:
-        message = _model_message(record.role, record.content, record.tool_calls, record.tool_call_id, record.status)
+    for position, role, content, tool_calls, tool_call_id, status in rows:
+        message = _model_message(role, content, tool_calls, tool_call_id, status)
         if message is not None:
-            kept.append((record.position, message))
+            kept.append((position, message))
     return kept
 
 
 def _model_message(
-    role: str, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None, status: str
+    role: Role, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None, status: str
 ) -> ChatMessage | None:
     """A stored message as a model sees it: a reply cut short loses its tool calls (they'd have no
     results to follow them), and an empty reply is left out (None)."""
@@ -636,8 +638,11 @@ def _model_message(
         tool_calls = None
     if role == "assistant" and not content and not tool_calls:
         return None
-    calls = [ToolCall.model_validate(call) for call in tool_calls] if tool_calls else None
-    return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id)
+    if tool_calls:
+        calls = [ToolCall.model_validate(call) for call in tool_calls]
+        return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id)
+    # Checked when it was stored: built without validating again (a history can be 500 messages).
+    return ChatMessage.model_construct(role=role, content=content, tool_call_id=tool_call_id)
 
 
 def _finished_values(
