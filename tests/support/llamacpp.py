@@ -8,8 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from parley.models.llamacpp import GenerationReport
+from parley.models.llamacpp_engine import GenerationReport
 from tests.support.server import running_parley
 
 SMOLLM2 = {"name": "smollm2", "provider": "llamacpp", "context_size": 512, "threads": 2}
@@ -62,15 +63,18 @@ class GenerationLog(logging.Handler):
 
 
 @contextlib.contextmanager
-def smollm2_server() -> Iterator[tuple[str, GenerationLog]]:
-    """A real Parley serving the bundled SmolLM2 (context 512), with its model log watched."""
+def smollm2_server(**options: Any) -> Iterator[tuple[str, GenerationLog]]:
+    """A real Parley serving the bundled SmolLM2 (context 512), with its model log watched.
+
+    `options` are the model's own (`parallel`, `cache_slots`, `prompt_cache`, ...).
+    """
     logger = logging.getLogger("parley.models.llamacpp")
     watcher = GenerationLog()
     level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(watcher)
     try:
-        with running_parley(models=[SMOLLM2], ready_timeout=120) as url:
+        with running_parley(models=[{**SMOLLM2, **options}], ready_timeout=120) as url:
             yield url, watcher
     finally:
         logger.removeHandler(watcher)

@@ -82,14 +82,17 @@ class ChatCompletionBody(BaseModel):
         )
 
 
-def _usage(usage: Usage | None) -> dict[str, int] | None:
+def _usage(usage: Usage | None) -> dict[str, Any] | None:
     if usage is None:
         return None
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return out
 
 
 def _finish_reason(run: Run) -> str:
