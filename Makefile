@@ -1,8 +1,8 @@
 # The two commands of the quick start: `make serve` and `make test`.
 .PHONY: setup serve test lint fuzz bench
 
-# uv as installed by scripts/bootstrap.sh, on PATH or not.
-UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+# uv at the version scripts/bootstrap.sh pins (installed there on first use).
+UV = .tools/uv/bin/uv
 
 setup:
 	@scripts/bootstrap.sh

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -17,7 +19,18 @@ USER = {"role": "user", "content": "hi"}
 
 def test_health_ready_and_request_ids() -> None:
     with running_parley(models=[{"name": "echo", "provider": "fake"}]) as url:
-        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+        health = httpx.get(f"{url}/health").json()
+        timestamp = health.pop("timestamp")
+        assert health == {
+            "status": "healthy",
+            "service": "parley",
+            "version": "0.1.0",
+            "model": "echo",
+            "provider": "fake",
+            "model_loaded": True,
+        }
+        assert abs(datetime.fromisoformat(timestamp).timestamp() - time.time()) < 60
+        assert timestamp.endswith("Z")
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 200
         assert ready.json()["models"] == {"echo": {"state": "ready", "error": None}}

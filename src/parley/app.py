@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from parley.api import chat, conversations, health, openai, ws
-from parley.api.compat import chatkit, chatkit_tutor
+from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
 from parley.api.error_handlers import install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
@@ -56,7 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
             await store.stop_repairs()
             await store.aclose()
 
-    app = FastAPI(
+    # Swagger UI's and ReDoc's assets served by Parley itself (fastapi-offline): /docs works offline.
+    app = FastAPIOffline(
         title="Parley",
         summary="A streaming chat backend for LLM applications.",
         version="0.1.0",
@@ -68,6 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    # The source systems' routes (parley.api.compat), after Parley's own.
+    app.include_router(streamforge.router)
+    app.include_router(tether.router)
     app.include_router(chatkit_tutor.router)
     app.include_router(chatkit.router)
     app.state.lifecycle = lifecycle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,6 +53,9 @@ class LlamaCppConfig(_ModelConfigBase):
     cache_slots: int | None = Field(default=None, ge=1, le=256)
     # Continue each prompt from the longest prefix a kept sequence holds.
     prompt_cache: bool = True
+    # Above 1, tokens already in the recent context are made less likely: small models such as
+    # SmolLM2 otherwise fall into loops, repeating a line until the token limit.
+    repeat_penalty: float = Field(default=1.0, ge=1.0, le=2.0)
 
 
 class OpenAICompatConfig(_ModelConfigBase):
@@ -96,12 +100,31 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: ModelName
-    system_prompt: str
+    system_prompt: str = ""  # "": no system message
     model: str | None = None  # None: the default model
 
 
+# Always present (the workshop chatbot's clients ask for it): the default model, no extra prompt.
+# An agent of this name in the configuration replaces it.
+DEFAULT_AGENT = "default"
+
+# The bundled SmolLM2-135M: replies capped (left uncapped it could loop for thousands of tokens,
+# and a reply that fills the context leaves no room for the conversation's history), and a
+# repetition penalty that keeps it out of those loops.
+BUNDLED_MODEL_DEFAULTS = SamplingDefaults(temperature=0.7, max_tokens=512)
+BUNDLED_MODEL_REPEAT_PENALTY = 1.1
+
+
 def _default_models() -> list[ModelConfig]:
-    return [LlamaCppConfig(name="smollm2", provider="llamacpp", context_size=2048)]
+    return [
+        LlamaCppConfig(
+            name="smollm2",
+            provider="llamacpp",
+            context_size=2048,
+            defaults=BUNDLED_MODEL_DEFAULTS,
+            repeat_penalty=BUNDLED_MODEL_REPEAT_PENALTY,
+        )
+    ]
 
 
 class Settings(BaseSettings):
@@ -136,6 +159,12 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=64, ge=8, le=200)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
     agents: list[AgentConfig] = []
+    # `WS /ws/chat/{id}` frames: Parley's own (`{"event", "data"}`), or the workshop chatbot's
+    # (`{"type": "chunk", "content", "agent"}`), whose browser page can't ask for them.
+    websocket_frames: Literal["parley", "workshop"] = "parley"
+    # What `POST /chat` answers a request that doesn't say: StreamForge's stream of text pieces, or
+    # Tether's JSON reply (the default when Tether's settings configure the server).
+    chat_route_reply: Literal["stream", "json"] = "stream"
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -146,6 +175,8 @@ class Settings(BaseSettings):
         for agent in self.agents:
             if agent.model is not None and agent.model not in names:
                 raise ValueError(f"agent {agent.name!r} names unknown model {agent.model!r}")
+        if all(agent.name != DEFAULT_AGENT for agent in self.agents):
+            self.agents.append(AgentConfig(name=DEFAULT_AGENT))
         return self
 
     @property
@@ -165,6 +196,74 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class TetherEnvironment(PydanticBaseSettingsSource):
+    """Tether's environment variables, as aliases of Parley's settings (below `PARLEY_` ones).
+
+    `TETHER_HOST`, `TETHER_PORT`; `TETHER_LLM_BACKEND` (`local`, `openai` or `mock`; default
+    `local` when any model variable is set) picks the one model, which `TETHER_MODEL_PATH`,
+    `TETHER_CONTEXT_LENGTH`, `TETHER_DEFAULT_TEMPERATURE`, `TETHER_DEFAULT_MAX_TOKENS`,
+    `TETHER_OPENAI_MODEL` and `OPENAI_API_KEY` describe. A Tether-configured server answers
+    `POST /chat` with Tether's JSON reply.
+    """
+
+    _MODEL_VARIABLES = (
+        "TETHER_LLM_BACKEND",
+        "TETHER_MODEL_PATH",
+        "TETHER_CONTEXT_LENGTH",
+        "TETHER_DEFAULT_TEMPERATURE",
+        "TETHER_DEFAULT_MAX_TOKENS",
+        "TETHER_OPENAI_MODEL",
+    )
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # (unused: __call__ reads everything at once)
+
+    def __call__(self) -> dict[str, Any]:
+        env = {name: value for name, value in os.environ.items() if name.startswith("TETHER_") and value}
+        if not env:
+            return {}
+        values: dict[str, Any] = {"chat_route_reply": "json"}
+        if "TETHER_HOST" in env:
+            values["host"] = env["TETHER_HOST"]
+        if "TETHER_PORT" in env:
+            values["port"] = env["TETHER_PORT"]
+        if any(name in env for name in self._MODEL_VARIABLES):
+            values["models"] = [self._model(env)]
+        return values
+
+    @staticmethod
+    def _model(env: dict[str, str]) -> dict[str, Any]:
+        backend = env.get("TETHER_LLM_BACKEND", "local")
+        defaults = {
+            key: env[name]
+            for key, name in (
+                ("temperature", "TETHER_DEFAULT_TEMPERATURE"),
+                ("max_tokens", "TETHER_DEFAULT_MAX_TOKENS"),
+            )
+            if name in env
+        }
+        model: dict[str, Any]
+        if backend == "local":
+            model = {"name": "local", "provider": "llamacpp"}
+            if "TETHER_MODEL_PATH" in env:
+                model["path"] = env["TETHER_MODEL_PATH"]
+            else:  # the bundled model, with its defaults unless Tether's say otherwise
+                model["repeat_penalty"] = BUNDLED_MODEL_REPEAT_PENALTY
+                defaults = {**BUNDLED_MODEL_DEFAULTS.model_dump(exclude_none=True), **defaults}
+        elif backend == "openai":
+            name = env.get("TETHER_OPENAI_MODEL", "gpt-4o-mini")
+            model = {"name": name, "provider": "openai", "base_url": "https://api.openai.com/v1"}
+            model["api_key_env"] = "OPENAI_API_KEY"
+        elif backend == "mock":
+            model = {"name": "mock", "provider": "fake"}
+        else:
+            raise ConfigError(f"TETHER_LLM_BACKEND must be local, openai or mock, not {backend!r}")
+        if "TETHER_CONTEXT_LENGTH" in env:
+            model["context_size"] = env["TETHER_CONTEXT_LENGTH"]
+        model["defaults"] = defaults
+        return model
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read settings: explicit overrides win over the environment, which wins over the file."""
     if config_file is not None and not config_file.is_file():
@@ -180,7 +279,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, TetherEnvironment(settings_cls)]
             if config_file is not None:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
             return tuple(sources)

@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from parley.api.deps import RegistryDep, StoreDep
 from parley.models.registry import ModelState
 
 router = APIRouter(tags=["Operations"])
 
+VERSION = version("parley")
+
+
+class Health(BaseModel):
+    """`GET /health`: the process is up. The fields of every system Parley replaces are here too:
+    StreamForge's (`service`, `version`), Tether's (`model_loaded`) and the ChatKit tutor's
+    (`provider`, `timestamp`); `status` is `healthy` for all of them."""
+
+    status: Literal["healthy"] = "healthy"
+    service: str = "parley"
+    version: str = VERSION
+    model: str = Field(description="The default model.")
+    provider: str = Field(description="The default model's provider: llamacpp, openai or fake.")
+    model_loaded: bool = Field(description="The default model is loaded and answering.")
+    timestamp: str = Field(description="The server's time, ISO 8601 in UTC (`Z`).")
+
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    """The process is up and answering."""
-    return {"status": "ok"}
+async def health(registry: RegistryDep) -> Health:
+    """The process is up and answering (whether or not its models are ready: see `/ready`)."""
+    entry = registry.get(None)
+    return Health(
+        model=entry.config.name,
+        provider=entry.model.provider,
+        model_loaded=entry.state is ModelState.READY,
+        timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
 
 
 @router.get(

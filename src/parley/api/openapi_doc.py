@@ -318,7 +318,6 @@ _RESPONSE_SCHEMAS: Schema = {
             }
         ),
     },
-    "Health": {"title": "Health", **_object({"status": {"const": "ok"}})},
     "Readiness": {
         "title": "Readiness",
         **_object(

@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from parley.api.chat_events import ChatEvents, NamedEvent
+from parley.api.compat.workshop import WorkshopFrames
 from parley.api.deps import ConversationChatDep
 from parley.api.draining import SERVICE_RESTART
 from parley.api.streaming import close_run
@@ -60,6 +62,7 @@ class _Session:
         settings: Settings = socket.app.state.settings
         self._max_frame_bytes = settings.max_body_bytes
         self._max_json_depth = settings.max_json_depth
+        self._encode = frame_format(settings)
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -77,8 +80,9 @@ class _Session:
                 await self._socket.close(SERVICE_RESTART, "server shutting down")
 
     async def send(self, named: NamedEvent) -> None:
-        name, payload = named
-        await self.send_frame({"event": name, "data": payload.model_dump(mode="json")})
+        frame = self._encode(named)
+        if frame is not None:
+            await self.send_frame(frame)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         async with self._sending:
@@ -160,6 +164,19 @@ class _Session:
             self._running.cancel()
         if self._task is not None:
             await asyncio.wait({self._task})
+
+
+def frame_format(settings: Settings) -> Callable[[NamedEvent], dict[str, Any] | None]:
+    """How a socket's events become frames: Parley's own (the default), or the workshop chatbot's
+    (`websocket_frames = "workshop"`), whose page can't ask for them."""
+    if settings.websocket_frames == "workshop":
+        return WorkshopFrames().encode
+    return _parley_frame
+
+
+def _parley_frame(named: NamedEvent) -> dict[str, Any]:
+    name, payload = named
+    return {"event": name, "data": payload.model_dump(mode="json")}
 
 
 @router.websocket("/ws/chat/{session_id}")

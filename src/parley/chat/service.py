@@ -71,7 +71,7 @@ class ChatService:
 
 
 def with_system_prompt(request: ChatRequest, agent: AgentConfig | None) -> ChatRequest:
-    if agent is None:
+    if agent is None or not agent.system_prompt:  # (the `default` agent adds no prompt)
         return request
     system = ChatMessage(role="system", content=agent.system_prompt)
     return replace(request, messages=[system, *request.messages])
