@@ -68,14 +68,25 @@ def test_the_answer_streams_as_text_deltas_then_message_complete(plain: httpx.Cl
     assert complete["conversation_id"].startswith("conv_")
 
 
-def test_the_page_the_reader_is_on_reaches_the_model(plain: httpx.Client) -> None:
+def test_the_page_the_reader_is_on_reaches_the_model(tutored: httpx.Client, upstream: Upstream) -> None:
     page = {"url": "/docs/module-1/ros2-basics", "title": "ROS 2 Basics"}
-    echoed = answer(send(plain, widget_request("Can you explain this?", page_context=page)))
-    assert echoed == "Can you explain this?\n\n[Currently viewing: ROS 2 Basics (/docs/module-1/ros2-basics)]"
+    events = send(tutored, widget_request("page-1: can you explain this?", page_context=page))
+    sent = upstream.find("page-1").body["messages"]
+    assert sent[0] == {"role": "system", "content": TUTOR_PROMPT}
+    assert sent[1] == {
+        "role": "system",
+        "content": "Where the reader is: [Currently viewing: ROS 2 Basics (/docs/module-1/ros2-basics)]",
+    }
+    assert sent[-1] == {"role": "user", "content": "page-1: can you explain this?"}
     # The widget's own spelling, with the student's name.
     widget = {"pageUrl": "/docs/intro", "pageTitle": "Introduction", "userName": "Ayesha"}
-    echoed = answer(send(plain, widget_request("Hi", context=widget)))
-    assert echoed == "Hi\n\n[Student's name: Ayesha | Currently viewing: Introduction (/docs/intro)]"
+    send(tutored, widget_request("page-2: hi", context=widget))
+    assert upstream.find("page-2").body["messages"][1]["content"] == (
+        "Where the reader is: [Student's name: Ayesha | Currently viewing: Introduction (/docs/intro)]"
+    )
+    # What is kept with the conversation is the reader's own message.
+    stored = tutored.get(f"/api/conversations/{events[-1]['conversation_id']}").json()["messages"]
+    assert stored[0]["content"] == "page-1: can you explain this?"
 
 
 def test_content_over_2000_characters_is_refused(plain: httpx.Client) -> None:

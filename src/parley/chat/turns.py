@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from parley.chat.autosave import ReplyAutosave
@@ -24,6 +25,7 @@ class Turn:
     message_id: str  # the reply's
     agent: str | None
     truncated_messages: int  # earlier messages left out to fit the model's context
+    user_message_id: str  # the user's message of this turn
 
 
 class ConversationChat:
@@ -40,11 +42,14 @@ class ConversationChat:
         model: str | None = None,
         agent: str | None = None,
         params: GenerationParams | None = None,
+        context: Sequence[ChatMessage] = (),
     ) -> Turn:
         """Save the user's message, start the reply, and arrange for the reply to be saved.
 
         Everything that can refuse the request (unknown model or agent, a message too long for
-        the model) is checked before anything is written.
+        the model) is checked before anything is written. `context`: system messages the model sees
+        after the agent's prompt (e.g. the page a reader is on), kept like it whatever fitting
+        leaves out, and not stored with the conversation.
         """
         params = params or GenerationParams()
         entry, agent_config = self._chat.resolve(model, agent)
@@ -52,7 +57,7 @@ class ConversationChat:
         if conversation_id is not None:  # (a new, client-chosen id is created with the turn)
             history = await self._store.recent_history(conversation_id, history_window(entry.model.context_size))
         request = with_system_prompt(
-            ChatRequest(messages=[*history, ChatMessage(role="user", content=message)], params=params),
+            ChatRequest(messages=[*context, *history, ChatMessage(role="user", content=message)], params=params),
             agent_config,
         )
         # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
@@ -89,4 +94,4 @@ class ConversationChat:
                 raise ReplyNotSaved() from exc
 
         run.on_end(save)
-        return Turn(run, conversation, reply_id, agent, fitted.dropped)
+        return Turn(run, conversation, reply_id, agent, fitted.dropped, opened.user_message_id)

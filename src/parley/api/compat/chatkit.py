@@ -20,6 +20,7 @@ after a message), and client tools, structured input and widget actions
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from chatkit.types import (
@@ -28,6 +29,7 @@ from chatkit.types import (
     ItemsListReq,
     Page,
     Thread,
+    ThreadMetadata,
     ThreadsAddUserMessageReq,
     ThreadsCreateReq,
     ThreadsDeleteReq,
@@ -44,11 +46,11 @@ from parley.api.compat import chatkit_items as items
 from parley.api.compat.chatkit_stream import ChatKitEvents
 from parley.api.deps import ConversationChatDep, StoreDep
 from parley.api.input_limits import is_conversation_id, loads_object
-from parley.api.streaming import close_run, stream_run
-from parley.chat.turns import ConversationChat, Turn
+from parley.api.streaming import stream_run
+from parley.chat.turns import ConversationChat
 from parley.errors import InvalidRequest
 from parley.logs import current_request_id
-from parley.store import ConversationStore
+from parley.store import ConversationStore, title_from
 from parley.store.errors import ConversationNotFound
 
 log = logging.getLogger("parley.chatkit")
@@ -111,21 +113,14 @@ async def _respond(
         thread_id = _thread_id(parsed.params.thread_id)
         await store.get_conversation(thread_id)  # a thread that doesn't exist is a 404, not a new one
     turn = await conversations.start(text, conversation_id=thread_id, model=user_input.inference_options.model)
-    try:
-        events = await _turn_events(turn, store, new=thread_id is None)
-    except BaseException:
-        await close_run(turn.run)
-        raise
-    return await stream_run(request.app.state.settings, turn.run, events)
-
-
-async def _turn_events(turn: Turn, store: ConversationStore, *, new: bool) -> ChatKitEvents:
-    """The stream's format, with the user's message as stored (its id and time)."""
-    conversation = await store.get_conversation(turn.conversation_id)
-    ids = [message.id for message in conversation.messages]
-    user = conversation.messages[ids.index(turn.message_id) - 1]
-    user_message = items.user_item(user.id, turn.conversation_id, user.content, user.created_at)
-    return ChatKitEvents(turn, user_message, new_thread=items.thread_metadata(conversation) if new else None)
+    now = datetime.now(UTC)
+    user_message = items.user_item(turn.user_message_id, turn.conversation_id, text, now)
+    new_thread = None
+    if thread_id is None:
+        new_thread = ThreadMetadata(id=turn.conversation_id, title=title_from(text), created_at=now)
+    return await stream_run(
+        request.app.state.settings, turn.run, ChatKitEvents(turn, user_message, new_thread=new_thread)
+    )
 
 
 async def _threads(store: ConversationStore, parsed: ThreadsListReq) -> Page[Thread]:

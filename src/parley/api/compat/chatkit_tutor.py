@@ -28,6 +28,7 @@ from parley.api.streaming import SSEResponse, stream_run
 from parley.chat.turns import Turn
 from parley.errors import ParleyError
 from parley.events import EventBatch, TextDelta
+from parley.models.base import ChatMessage
 
 router = APIRouter(tags=["ChatKit tutor widget"], route_class=CheckedJSONRoute)
 
@@ -179,8 +180,9 @@ async def tutor_message(body: TutorRequest, request: Request, conversations: Con
     agent = TUTOR_AGENT if any(a.name == TUTOR_AGENT for a in settings.agents) else None
     note = body.page_note()
     turn = await conversations.start(
-        body.message.content if note is None else f"{body.message.content}\n\n{note}",
+        body.message.content,
         conversation_id=body.session_id or body.thread_id or body.conversation_id,
         agent=agent,
+        context=[] if note is None else [ChatMessage(role="system", content=f"Where the reader is: {note}")],
     )
     return await stream_run(settings, turn.run, _TutorEvents(turn, body.message.id))
