@@ -42,3 +42,30 @@ def test_a_conversation_started_on_one_process_continues_on_the_other(
         seen_by_first = httpx.get(f"{first}/api/conversations/{conversation}").json()
         assert [m["content"] for m in seen_by_first["messages"]][-1] == TEXT_REPLY
         assert seen_by_first["message_count"] == 4
+
+
+def test_turns_alternating_between_processes_each_see_the_whole_conversation(
+    upstream: Upstream, postgres_url: str, tmp_path: Path
+) -> None:
+    """Each process keeps recent histories in memory; a turn still sees the other process's turns."""
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        f'database_url = "{postgres_url}"\n'
+        f'data_dir = "{tmp_path}"\n'
+        "[[models]]\n"
+        'name = "remote"\nprovider = "openai"\n'
+        f'base_url = "{upstream.base_url}/v1"\nmodel = "text"\n'
+    )
+    with parley_serve(config) as first, parley_serve(config) as second:
+        conversation = None
+        expected: list[tuple[str, str]] = []
+        for turn in range(6):
+            server = (first, second)[turn % 2]
+            message = f"alt-{turn}: a turn on server {turn % 2}"
+            body = {"message": message, "stream": False} | ({"conversation_id": conversation} if conversation else {})
+            reply = httpx.post(f"{server}/api/chat", json=body, timeout=30)
+            assert reply.status_code == 200, reply.text
+            conversation = reply.json()["conversation_id"]
+            sent = [(m["role"], m["content"]) for m in upstream.find(f"alt-{turn}:").body["messages"]]
+            assert sent == [*expected, ("user", message)], f"turn {turn} saw a stale history"
+            expected += [("user", message), ("assistant", TEXT_REPLY)]

@@ -163,3 +163,24 @@ async def test_a_history_read_from_the_database_continues_correctly(store: Conve
     await fresh.finish_reply(second.reply_id, "reread", content="dos")
     assert [m.content for m in await fresh.recent_history("reread", 10)] == ["one", "uno", "two", "dos"]
     assert await fresh.recent_history("reread") == await fresh.history("reread")
+
+
+async def test_another_servers_turn_is_caught_by_position(store: ConversationStore) -> None:
+    """Two servers on one database each keep histories: a turn that lands after the other server's
+    learns it from its position and reads the history again, as the model must see it."""
+    other = ConversationStore(store.engine)
+    first = await store.open_turn("shared", "one")
+    await store.finish_reply(first.reply_id, "shared", content="uno")
+    kept = await store.turn_history("shared", 50)  # now kept here
+    assert [m.content for m in kept.messages] == ["one", "uno"] and kept.next_position == 2
+
+    theirs = await other.open_turn("shared", "two")  # the other server's turn
+    await other.finish_reply(theirs.reply_id, "shared", content="dos")
+
+    stale = await store.turn_history("shared", 50)
+    mine = await store.open_turn("shared", "three")
+    assert mine.user_position != stale.next_position, "the turn sees that the conversation grew"
+    fresh = await store.turn_history("shared", 50, before=mine.user_position)
+    assert [m.content for m in fresh.messages] == ["one", "uno", "two", "dos"]
+    await store.finish_reply(mine.reply_id, "shared", content="tres")
+    assert await store.recent_history("shared") == await store.history("shared")

@@ -14,6 +14,7 @@ from parley.logs import current_request_id
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.store.conversations import ConversationStore, new_conversation_id
 from parley.store.errors import ReplyNotSaved
+from parley.store.records import RecentHistory
 
 log = logging.getLogger("parley.chat")
 
@@ -53,20 +54,28 @@ class ConversationChat:
         """
         params = params or GenerationParams()
         entry, agent_config = self._chat.resolve(model, agent)
-        history: list[ChatMessage] = []
+        window = history_window(entry.model.context_size)
+        recent = RecentHistory([], 0)
         if conversation_id is not None:  # (a new, client-chosen id is created with the turn)
-            history = await self._store.recent_history(conversation_id, history_window(entry.model.context_size))
-        request = with_system_prompt(
-            ChatRequest(messages=[*context, *history, ChatMessage(role="user", content=message)], params=params),
-            agent_config,
-        )
+            recent = await self._store.turn_history(conversation_id, window)
+        user = ChatMessage(role="user", content=message)
+
+        def prompt(history: list[ChatMessage]) -> list[ChatMessage]:
+            request = ChatRequest(messages=[*context, *history, user], params=params)
+            return with_system_prompt(request, agent_config).messages
+
         # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
         max_tokens = params.max_tokens if params.max_tokens is not None else entry.config.defaults.max_tokens
-        fitted = await fit_to_context(entry.model, request.messages, max_tokens)
+        fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
         opened = await self._store.open_turn(
             conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent
         )
         conversation, reply_id = opened.conversation_id, opened.reply_id
+        if opened.user_position != recent.next_position:
+            # Another server added to the conversation between the read and this write: the model
+            # sees the conversation as it now is (the newest message alone fitted, so it still does).
+            recent = await self._store.turn_history(conversation, window, before=opened.user_position)
+            fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
         # Begun once the turn is stored: a run is work the server's drain waits for until it is closed.
         run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
         store_reasoning = entry.config.store_reasoning

@@ -42,6 +42,7 @@ from parley.store.records import (
     ConversationSummary,
     FinalStatus,
     MessageRecord,
+    RecentHistory,
     ReplyProgress,
     Role,
     TimingLike,
@@ -86,8 +87,9 @@ class ConversationStore:
         # this server's own writes queue here instead (other processes still meet the busy timeout).
         self._write_turn = asyncio.Lock() if self._dialect == "sqlite" else None
         self._availability = Availability(engine)
-        # Recent histories kept in process: only where no other server writes the database.
-        self._history = HistoryCache() if self._dialect == "sqlite" else None
+        # Recent histories kept in process; another server's writes are caught by the turn that
+        # meets them (see turn_history).
+        self._history: HistoryCache | None = HistoryCache()
         begin = writer(engine).begin
         lock = self._write_turn
         self._batches = BatchWriter(
@@ -402,20 +404,28 @@ class ConversationStore:
     async def recent_history(self, conversation_id: str, limit: int | None = None) -> list[ChatMessage]:
         """The newest `limit` messages to send a model (all with None), oldest first: as `history`,
         without reading what context fitting could never keep. A new conversation has none."""
+        return (await self.turn_history(conversation_id, limit)).messages
+
+    async def turn_history(
+        self, conversation_id: str, limit: int | None = None, *, before: int | None = None
+    ) -> RecentHistory:
+        """`recent_history`, with the position the conversation's next message takes as far as it
+        knows. A turn whose message lands elsewhere (`open_turn`'s `user_position`) learns that
+        another server wrote to the conversation meanwhile, and reads again, `before` its own."""
         if not inputs.ID_PATTERN.match(conversation_id):
-            return []
-        cache = self._history
+            return RecentHistory([], 0)
+        cache = self._history if before is None else None
         if cache is not None:
             if (kept := cache.get(conversation_id, limit)) is not None:
                 return kept
             cache.reading(conversation_id)
-        query, parameters = _NEWEST, {"conversation": conversation_id, "newest": limit}
-        if limit is None:
-            query, parameters = _ALL_NEWEST_FIRST, {"conversation": conversation_id}
+        parameters = {"conversation": conversation_id, "newest": limit, "before": _NO_POSITION}
+        if before is not None:
+            parameters["before"] = before
         try:
             async with self._available(), self._engine.connect() as connection:
-                rows = (await connection.execute(query, parameters)).all()
-                count = await connection.scalar(_MESSAGE_COUNT, parameters) if cache is not None else None
+                rows = (await connection.execute(_NEWEST if limit is not None else _ALL_NEWEST_FIRST, parameters)).all()
+                count = await connection.scalar(_MESSAGE_COUNT, parameters)
         except BaseException:
             if cache is not None:
                 cache.read_failed(conversation_id)
@@ -428,7 +438,7 @@ class ConversationStore:
             else:
                 whole = limit is None or len(rows) < limit
                 cache.read(conversation_id, messages, [position for position, _ in kept_pairs], count, whole)
-        return list(messages)
+        return RecentHistory(list(messages), count or 0)
 
     async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
         """Mark replies left `streaming` by a server that stopped as failed, keeping the text saved
@@ -590,11 +600,13 @@ _ALL_NEWEST_FIRST = (
     .where(
         _M.conversation_id == bindparam("conversation"),
         _M.status.in_(_HISTORY_STATUSES),
+        _M.position < bindparam("before"),
         or_(_M.role != "assistant", _M.content != "", and_(_M.tool_calls.is_not(None), _M.status == "complete")),
     )
     .order_by(_M.position.desc())
 )
 _NEWEST = _ALL_NEWEST_FIRST.limit(bindparam("newest"))
+_NO_POSITION = 2**31 - 1  # `before` when every position is wanted
 _MESSAGE_COUNT = select(ConversationRow.message_count).where(ConversationRow.id == bindparam("conversation"))
 
 

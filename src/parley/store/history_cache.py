@@ -1,12 +1,15 @@
-"""The recent history of busy conversations, kept in process, for a store no other server writes.
+"""The recent history of busy conversations, kept in process.
 
-A turn reads its conversation's history before the model sees it. On SQLite (whose file belongs
-to one server) every write to a conversation passes through this process, so the history can be
-kept here and updated by the writes themselves: a turn opened adds its user message, a reply
-finished adds the reply. Any write the cache can't place (a position it didn't expect, a reply
-it doesn't know, the older write methods) drops the conversation, which is read again next time.
-A read that a write raced is not kept. With PostgreSQL shared by several servers there is no
-cache: another server's turn would not be seen here.
+A turn reads its conversation's history before the model sees it. The history is kept here and
+updated by this server's own writes: a turn opened adds its user message, a reply finished adds
+the reply. Any write the cache can't place (a position it didn't expect, a reply it doesn't
+know, the older write methods) drops the conversation, which is read again next time. A read
+that a write raced is not kept.
+
+Other servers sharing a PostgreSQL database write behind its back: their turns are caught by
+position. Every history comes with the position the conversation's next message takes; a turn
+whose own message lands elsewhere (another server added messages meanwhile) reads the history
+again from the database before the model sees it, and the stale entry is dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from parley.models.base import ChatMessage
+from parley.store.records import RecentHistory
 
 MAX_CONVERSATIONS = 1024
 MAX_MESSAGES = 1024  # per conversation; older ones are let go, and reads that need them go to the database
@@ -43,12 +47,13 @@ class HistoryCache:
         self._conversations: OrderedDict[str, _History] = OrderedDict()
         self._reads: dict[str, list[int]] = {}  # reads in flight: [readers, writes meanwhile]
 
-    def get(self, conversation_id: str, limit: int | None) -> list[ChatMessage] | None:
+    def get(self, conversation_id: str, limit: int | None) -> RecentHistory | None:
         history = self._conversations.get(conversation_id)
         if history is None or not (history.whole or (limit is not None and limit <= len(history.messages))):
             return None
         self._conversations.move_to_end(conversation_id)
-        return list(history.messages if limit is None else history.messages[-limit:])
+        messages = history.messages if limit is None else history.messages[-limit:]
+        return RecentHistory(list(messages), history.next_position)
 
     def reading(self, conversation_id: str) -> None:
         """A read of the conversation from the database begins."""

@@ -24,6 +24,14 @@ class TimingLike(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RecentHistory:
+    """The newest messages a model sees of a conversation, and where its next message goes."""
+
+    messages: list[ChatMessage]
+    next_position: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyProgress:
     """What a reply still streaming has produced so far."""
 
