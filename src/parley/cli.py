@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -98,17 +101,54 @@ def chat(
     if message is not None:
         session.send(message)
         return
-    errors.print("Type a message; Ctrl-D or /quit to leave.", style="dim")
+    errors.print(_CHAT_HELP, style="dim", highlight=False)
+    if conversation is not None:
+        errors.print(f"Conversation {conversation}", style="dim", highlight=False)
     while True:
         try:
-            text = console.input("[bold cyan]you> [/bold cyan]")
+            text = console.input("[bold cyan]you> [/bold cyan]").strip()
         except (EOFError, KeyboardInterrupt):
             console.print()
             return
-        if text.strip() in ("/quit", "/exit"):
+        if text in ("/quit", "/exit"):
             return
-        if text.strip():
+        if text == "/new":
+            session.conversation = None
+            errors.print("(a new conversation starts with your next message)", style="dim")
+        elif text == "/id":
+            current = session.conversation or "none yet: it starts with your next message"
+            console.print(f"conversation: {current}", highlight=False, markup=False)
+        elif text in ("/help", "/?"):
+            errors.print(_CHAT_HELP, style="dim", highlight=False)
+        elif text:
             session.send(text)
+
+
+_CHAT_HELP = "Type a message. Commands: /id (this conversation's id), /new (a new conversation), /quit (or Ctrl-D)."
+
+
+@contextlib.contextmanager
+def _keys_held_back() -> Iterator[None]:
+    """While a reply streams, what is typed is neither echoed into it nor sent afterwards.
+
+    The terminal stops echoing; keys typed meanwhile are dropped when the reply ends (they were
+    typed blind). Nothing changes when stdin is not a terminal (a pipe, a test).
+    """
+    if not sys.stdin.isatty():
+        yield
+        return
+    import termios
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcflush(fd, termios.TCIFLUSH)
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 class _ChatSession:
@@ -128,7 +168,10 @@ class _ChatSession:
         }
         body = {key: value for key, value in body.items() if value is not None}
         try:
-            with connect_sse(self._client, "POST", f"{self._url}/api/chat", json=body) as source:
+            with (
+                _keys_held_back(),
+                connect_sse(self._client, "POST", f"{self._url}/api/chat", json=body) as source,
+            ):
                 if source.response.status_code != 200:
                     source.response.read()
                     _fail(_error_message(source.response))
@@ -141,6 +184,12 @@ class _ChatSession:
 
     def _show(self, name: str, data: dict[str, Any]) -> None:
         if name == "message_start":
+            if self.conversation != data["conversation_id"]:
+                errors.print(
+                    f"(conversation {data['conversation_id']}: /id shows it, --conversation resumes it)",
+                    style="dim",
+                    highlight=False,
+                )
             self.conversation = data["conversation_id"]
             console.print(f"[bold green]{data['model']}> [/bold green]", end="")
         elif name == "reasoning_delta":

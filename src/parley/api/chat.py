@@ -92,7 +92,7 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
     if not body.stream:
         await collect_unless_disconnected(run, request.receive)
         return ChatReply(
-            **events.start().model_dump(exclude={"created"}),
+            **events.start().model_dump(),
             content=run.text,
             reasoning=run.reasoning,
             tool_calls=tool_calls_out(run.tool_calls),

@@ -99,13 +99,14 @@ class ErrorOut(BaseModel):
 
 
 class ChatReply(BaseModel):
-    """The JSON reply when `stream` is false."""
+    """The JSON reply when `stream` is false: `message_start`'s fields, then the reply's."""
 
     run_id: str
     message_id: str
     conversation_id: str
     model: str
     agent: str | None
+    created: int
     truncated: bool
     truncated_messages: int
     content: str

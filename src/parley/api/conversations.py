@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -117,7 +117,18 @@ async def export_conversation(
             media_type="text/markdown; charset=utf-8",
             headers=_download(conversation_id, "md"),
         )
-    return JSONResponse(await store.export_json(conversation_id), headers=_download(conversation_id, "json"))
+    document = _utc_as_z(await store.export_json(conversation_id))
+    return JSONResponse(document, headers=_download(conversation_id, "json"))
+
+
+def _utc_as_z(document: dict[str, Any]) -> dict[str, Any]:
+    """Times as the other conversation routes write them: `2025-01-01T12:00:00.123456Z`, not `+00:00`."""
+    for record in (document, *document.get("messages", ())):
+        for key in ("created_at", "updated_at"):
+            value = record.get(key)
+            if isinstance(value, str) and value.endswith("+00:00"):
+                record[key] = value[: -len("+00:00")] + "Z"
+    return document
 
 
 def _download(conversation_id: str, extension: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,10 +38,19 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         return _response(InvalidRequest(f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"))
     param = ".".join(location) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    extra = len(exc.errors()) - 1
-    if extra:
-        message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
+    others = [_problem(error) for error in exc.errors()[1:]]
+    if others:
+        message += f" (also: {'; '.join(others[:_OTHERS_SHOWN])}"
+        message += f"; and {len(others) - _OTHERS_SHOWN} more)" if len(others) > _OTHERS_SHOWN else ")"
     return _response(InvalidRequest(message, param=param, code=first["type"]))
+
+
+_OTHERS_SHOWN = 5  # a body can hold thousands of mistakes; the message names the first few
+
+
+def _problem(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"] if part != "body" and not _UNION_TAG.search(str(part)))
+    return f"{location}: {error['msg']}" if location else str(error["msg"])
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -24,7 +24,9 @@ Operation = dict[str, Any]
 
 ERROR_SCHEMA = "ErrorResponse"
 _REF = "#/components/schemas/{}"
-_CHAT_PATHS = frozenset({"/api/chat", openai.CHAT_COMPLETIONS_PATH})
+_CHAT_PATHS = frozenset({"/api/chat", "/chat", openai.CHAT_COMPLETIONS_PATH})
+# Routes outside /api that read or write conversations (the source systems' adapters).
+_STORE_PATHS = frozenset({"/chat", "/chat/history/{session_id}"})
 _OPERATIONS_PATHS = frozenset({"/health", "/ready"})  # answered even while the server drains
 _NULL: Schema = {"type": "null"}
 _ANY_CONTENT: Schema = {"type": ["string", "array"]}
@@ -114,7 +116,7 @@ def _document_errors(path: str, operation: Operation) -> None:
         reasons[502] = ["The model's upstream failed or answered nonsense (`upstream_error`)."]
     if path not in _OPERATIONS_PATHS:
         reasons[503] = ["The server is shutting down (`server_shutting_down`); see `Retry-After`."]
-    if path.startswith(("/api/", "/chatkit")):  # the stored conversations' routes
+    if path.startswith(("/api/", "/chatkit")) or path in _STORE_PATHS:  # the stored conversations' routes
         reasons[503].append("The conversation store can't be reached (`store_unavailable`).")
     if chat:
         reasons[503].append("The model is still loading or failed to load (`model_not_ready`).")

@@ -40,7 +40,7 @@ from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.chat.run import Run
 from parley.chat.service import ChatService
 from parley.config import Settings
-from parley.errors import InvalidRequest, ParleyError
+from parley.errors import ParleyError
 from parley.events import EventBatch, TextDelta
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.store.errors import ConversationNotFound
@@ -69,7 +69,8 @@ class PlainChatBody(BaseModel):
         default=None, description="Keep this session's history on the server (a conversation of this id)."
     )
     history: list[EarlierMessage] | None = Field(
-        default=None, description="Earlier messages, kept by the client (stateless requests only)."
+        default=None,
+        description="Earlier messages, kept by the client; ignored with `session_id`, whose history the server keeps.",
     )
     model: Name | None = Field(default=None, description="A model name from `/v1/models`; default: the first.")
     temperature: Temperature | None = None
@@ -111,7 +112,8 @@ ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
 _TEXT_EVENT: dict[str, Any] = {
     "type": "object",
     "required": ["data"],
-    "properties": {"data": {"type": "string"}, "event": {"const": "error"}},
+    # An unnamed event is a `message` event to SSE readers.
+    "properties": {"data": {"type": "string"}, "event": {"enum": ["message", "error"]}},
 }
 _CHAT_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -137,8 +139,6 @@ async def plain_chat(
     params = GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature)
     run: Run
     if body.session_id is not None:
-        if body.history:
-            raise InvalidRequest("send history or session_id, not both: a session keeps its own", param="history")
         run = (
             await conversations.start(body.message, conversation_id=body.session_id, model=body.model, params=params)
         ).run
