@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${1:-/tmp/parley-fresh-machine}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PORT=8765
+PORT=$(python3 -c "import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])")
 
 if [ "$(id -u)" != 0 ]; then echo "fresh_machine: needs root (debootstrap, chroot)" >&2; exit 1; fi
 command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
@@ -27,8 +27,8 @@ fi
 
 mounts=()
 cleanup() {
-    # The server, if still running, then the mounts (in reverse order).
-    chroot "$ROOT" /bin/sh -c 'pkill -TERM -f "parley serve" || true' 2>/dev/null || true
+    # The server this script started (its process group, by id), then the mounts (in reverse order).
+    if [ -s "$ROOT/root/serve.pid" ]; then kill -TERM -- "-$(cat "$ROOT/root/serve.pid")" 2>/dev/null || true; fi
     for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
 }
 trap cleanup EXIT
@@ -54,10 +54,10 @@ if [ -n "${EXTRA_CA_CERT:-}" ]; then
 fi
 in_root "python3 --version; ! command -v uv"
 
-step "copy this checkout (tracked files, as in the working tree) to /root/parley"
-rm -rf "$ROOT/root/parley"
+step "copy this checkout's last commit (what a fresh clone holds) to /root/parley"
+rm -rf "$ROOT/root/parley" "$ROOT/root/serve.pid"
 mkdir -p "$ROOT/root/parley"
-git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$ROOT/root/parley"
+git archive HEAD | tar -xf - -C "$ROOT/root/parley"
 
 step "make setup (uv pinned, the locked environment, llama-cpp-python built from source)"
 started=$(date +%s)
@@ -66,7 +66,7 @@ echo "make setup took $(($(date +%s) - started)) s"
 in_root "cd /root/parley && .tools/uv/bin/uv --version"
 
 step "make serve, then GET /health"
-in_root "cd /root/parley && (PARLEY_PORT=$PORT make serve >/root/serve.log 2>&1 &) ;
+in_root "cd /root/parley && { PARLEY_PORT=$PORT setsid make serve >/root/serve.log 2>&1 & echo \$! >/root/serve.pid; } ;
     for i in \$(seq 1 120); do curl -fsS http://127.0.0.1:$PORT/health && exit 0; sleep 1; done;
     cat /root/serve.log; exit 1"
 echo
