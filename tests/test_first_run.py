@@ -102,6 +102,10 @@ def test_chat_shows_the_conversation_id_and_takes_commands(server: str) -> None:
     assert [m["content"] for m in messages if m["role"] == "user"] == ["hello there", "third"]
 
 
+# echoed back by the `slow` model in about 2.5 s: time for the test to type while it streams
+SENTENCE = " ".join(["the quick brown fox jumps over the lazy dog"] * 3)
+
+
 def test_typing_while_a_reply_streams_stays_out_of_it(server: str) -> None:
     leader, follower = pty.openpty()
     env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
@@ -127,7 +131,7 @@ def test_typing_while_a_reply_streams_stays_out_of_it(server: str) -> None:
 
     try:
         read_until(b"you> ")
-        os.write(leader, b"the quick brown fox jumps over the lazy dog\r")
+        os.write(leader, SENTENCE.encode() + b"\r")
         read_until(b"slow> ")
         os.write(leader, b"SNEAKY\r")  # typed while the reply streams
         read_until(b"you> ")  # the reply ended, and the prompt is back
@@ -144,4 +148,4 @@ def test_typing_while_a_reply_streams_stays_out_of_it(server: str) -> None:
     assert b"SNEAKY" not in reply_part, "typed text was echoed into the reply"
     conversation = re.findall(rb"conversation: (conv_\w+)", seen)[-1].decode()
     messages = httpx.get(f"{server}/api/conversations/{conversation}").json()["messages"]
-    assert [m["content"] for m in messages if m["role"] == "user"] == ["the quick brown fox jumps over the lazy dog"]
+    assert [m["content"] for m in messages if m["role"] == "user"] == [SENTENCE]
