@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 
 from tests.support.llamacpp import GenerationLog, smollm2_server
+from tests.support.server import running_parley
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +122,21 @@ def test_a_changed_history_does_not_reuse_what_no_longer_matches(cached: Served,
     bound = cold.reply(shared, max_tokens=1)[1].prompt_tokens
     assert cached_tokens(usage) < bound
     assert text == cold.reply(changed)[0]
+
+
+def test_a_repeat_penalty_changes_a_seeded_reply() -> None:
+    """`repeat_penalty` reaches llama.cpp's sampler: the same seeded request answers differently."""
+    prompt = [{"role": "user", "content": "Write the word 'yes' twenty times."}]
+    texts = []
+    for penalty in (1.0, 1.8):
+        models = [{"name": "local", "provider": "llamacpp", "context_size": 512, "repeat_penalty": penalty}]
+        with running_parley(models=models) as url:
+            reply = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "local", "messages": prompt, "max_tokens": 40, "temperature": 0.8, "seed": 7},
+                timeout=120,
+            )
+            assert reply.status_code == 200, reply.text
+            texts.append(reply.json()["choices"][0]["message"]["content"])
+    assert texts[0] != texts[1]
+    assert texts[1].lower().count("yes") < texts[0].lower().count("yes")

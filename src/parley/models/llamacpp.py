@@ -251,6 +251,7 @@ class LlamaCppModel(Model):
             # Any int is a fixed seed; only "no seed" asks llama.cpp for a random one.
             seed=_RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED,
             stop_sequences=[stop for stop in params.stop if stop],
+            repeat_penalty=self._config.repeat_penalty,
         )
 
     def _report(self, report: GenerationReport) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger("parley.models.llamacpp")
 
 END = object()  # the last item a generation's queue receives
 _TOP_K = 40  # llama-cpp-python's defaults, kept so seeded replies keep their character
+_PENALTY_LAST_N = 64  # tokens a repetition penalty looks back over (llama.cpp's default)
 _MIN_P = 0.05
 
 
@@ -66,6 +67,7 @@ class Generation:
     top_p: float
     seed: int
     stop_sequences: list[str]
+    repeat_penalty: float = 1.0  # 1: none
     events: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Written by the engine thread only.
@@ -214,6 +216,12 @@ class BatchEngine:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         else:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(_TOP_K))
+            if generation.repeat_penalty != 1.0:  # after top-k: it then scans 40 candidates, not the vocabulary
+                # This build's llama.h takes the vocabulary's size first.
+                penalties = lib.llama_sampler_init_penalties(
+                    lib.llama_vocab_n_tokens(self._vocab), _PENALTY_LAST_N, generation.repeat_penalty, 0.0, 0.0
+                )
+                lib.llama_sampler_chain_add(chain, penalties)
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(generation.top_p, 1))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(_MIN_P, 1))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(generation.temperature))
