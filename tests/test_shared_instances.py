@@ -13,17 +13,23 @@ from tests.support.upstream import TEXT_REPLY, Upstream
 pytestmark = pytest.mark.slow
 
 
-def test_a_conversation_started_on_one_process_continues_on_the_other(
-    upstream: Upstream, postgres_url: str, tmp_path: Path
-) -> None:
-    config = tmp_path / "parley.toml"
+def shared_config(folder: Path, upstream: Upstream, postgres_url: str) -> Path:
+    """A parley.toml for servers sharing one PostgreSQL database, with the scripted upstream's `text`."""
+    config = folder / "parley.toml"
     config.write_text(
         f'database_url = "{postgres_url}"\n'
-        f'data_dir = "{tmp_path}"\n'
+        f'data_dir = "{folder}"\n'
         "[[models]]\n"
         'name = "remote"\nprovider = "openai"\n'
         f'base_url = "{upstream.base_url}/v1"\nmodel = "text"\n'
     )
+    return config
+
+
+def test_a_conversation_started_on_one_process_continues_on_the_other(
+    upstream: Upstream, postgres_url: str, tmp_path: Path
+) -> None:
+    config = shared_config(tmp_path, upstream, postgres_url)
     with parley_serve(config) as first, parley_serve(config) as second:
         assert first != second
         started = httpx.post(f"{first}/api/chat", json={"message": "procs-1: hello from one", "stream": False})
@@ -48,14 +54,7 @@ def test_turns_alternating_between_processes_each_see_the_whole_conversation(
     upstream: Upstream, postgres_url: str, tmp_path: Path
 ) -> None:
     """Each process keeps recent histories in memory; a turn still sees the other process's turns."""
-    config = tmp_path / "parley.toml"
-    config.write_text(
-        f'database_url = "{postgres_url}"\n'
-        f'data_dir = "{tmp_path}"\n'
-        "[[models]]\n"
-        'name = "remote"\nprovider = "openai"\n'
-        f'base_url = "{upstream.base_url}/v1"\nmodel = "text"\n'
-    )
+    config = shared_config(tmp_path, upstream, postgres_url)
     with parley_serve(config) as first, parley_serve(config) as second:
         conversation = None
         expected: list[tuple[str, str]] = []
