@@ -118,16 +118,17 @@ def test_typing_while_a_reply_streams_stays_out_of_it(server: str) -> None:
     )
     os.close(follower)
     seen = b""
+    matched = 0  # where the previous marker ended: the next is looked for after it
 
     def read_until(marker: bytes, timeout: float = 30) -> None:
-        """Read until `marker` appears in what comes from now on."""
-        nonlocal seen
-        start = len(seen)
+        """Read until `marker` appears after the previous marker (one read may hold both)."""
+        nonlocal seen, matched
         deadline = time.monotonic() + timeout
-        while marker not in seen[start:]:
+        while (found := seen.find(marker, matched)) < 0:
             assert time.monotonic() < deadline, f"never saw {marker!r}; got {seen!r}"
             if select.select([leader], [], [], 0.1)[0]:
                 seen += os.read(leader, 4096)
+        matched = found + len(marker)
 
     try:
         read_until(b"you> ")
