@@ -61,7 +61,7 @@ class ChatEvents:
             "message_complete",
             MessageComplete(
                 message_id=self._turn.message_id,
-                finish_reason=run.finish_reason or ("cancelled" if run.outcome == "cancelled" else "stop"),
+                finish_reason=run.ended_because,
                 usage=UsageOut.of(run.usage),
                 timing=timing_out(run),
             ),

@@ -233,6 +233,11 @@ class Run:
         return "".join(self._text)
 
     @property
+    def ended_because(self) -> str:
+        """Why the reply ended, as clients are told: the model's reason, else cancelled or stop."""
+        return self.finish_reason or ("cancelled" if self.outcome == "cancelled" else "stop")
+
+    @property
     def pieces(self) -> int:
         """How many pieces of text and reasoning have come: grows whenever the reply does."""
         return len(self._text) + len(self._reasoning)

@@ -110,7 +110,7 @@ class _TutorEvents:
 
     def closing(self) -> bytes:
         run = self._turn.run
-        finish = run.finish_reason or ("cancelled" if run.outcome == "cancelled" else "stop")
+        finish = run.ended_because
         return self._line(
             {"type": "message_complete", "done": True, **self._ids, "conversation_id": self._turn.conversation_id}
             | {"finish_reason": finish}
