@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from parley.access.principal import principal_of
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.chat_schema import STREAM_EVENT_MODELS, ChatBody, ChatReply, UsageOut, timing_out, tool_calls_out
 from parley.api.deps import ConversationChatDep
@@ -87,6 +88,7 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
         model=body.model,
         agent=body.agent,
         params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
+        principal=principal_of(request),
     )
     run, events = turn.run, ChatEvents(turn)
     if not body.stream:

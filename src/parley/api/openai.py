@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from parley.access.principal import OPEN, PRINCIPAL_STATE, Principal
 from parley.api.deps import RegistryDep
 from parley.api.error_handlers import error_response
 from parley.api.input_limits import loads_object
@@ -60,12 +61,17 @@ class ChatCompletionsRoute:
             return None
         state = scope["app"].state
         body = _validated(raw, state.settings.max_json_depth)
-        run = state.chat.start(body.to_request(), model=body.model)
+        run = await state.chat.start(body.to_request(), model=body.model, principal=scope_principal(scope))
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return await stream_run(state.settings, run, ChunkEncoder(run, include_usage))
         await collect_unless_disconnected(run, receive)
         return JSONResponse(completion(run))
+
+
+def scope_principal(scope: Scope) -> Principal:
+    principal: Principal = scope.get("state", {}).get(PRINCIPAL_STATE, OPEN)
+    return principal
 
 
 def _route_path(scope: Scope) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from parley.access.principal import principal_of
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.compat.workshop import WorkshopFrames
 from parley.api.deps import ConversationChatDep
@@ -59,6 +60,7 @@ class _Session:
         self._session_id = session_id
         self._conversations = conversations
         self._lifecycle = lifecycle
+        self.principal = principal_of(socket)
         settings: Settings = socket.app.state.settings
         self._max_frame_bytes = settings.max_body_bytes
         self._max_json_depth = settings.max_json_depth
@@ -118,6 +120,7 @@ class _Session:
                 model=frame.model,
                 agent=frame.agent,
                 params=GenerationParams(max_tokens=frame.max_tokens, temperature=frame.temperature),
+                principal=self.principal,
             )
         except Exception as exc:
             self._running = None

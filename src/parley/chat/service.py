@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
+from parley.access.principal import OPEN, Principal
+from parley.chat.admission import NOTHING_ADMITTED, Admitted, Gate, admit_all
 from parley.chat.run import Run
 from parley.config import AgentConfig
 from parley.errors import InvalidRequest
@@ -17,11 +19,19 @@ T = TypeVar("T")
 
 class ChatService:
     def __init__(
-        self, registry: ModelRegistry, agents: list[AgentConfig], track: Callable[[Run], None] | None = None
+        self,
+        registry: ModelRegistry,
+        agents: list[AgentConfig],
+        track: Callable[[Run], None] | None = None,
+        gates: Sequence[Gate] = (),
     ) -> None:
         self._registry = registry
         self._agents = {agent.name: agent for agent in agents}
         self._track = track  # told of every run begun (the server's drain waits for them)
+        self._gates = list(gates)  # asked before every generation (limits, budgets, metrics)
+
+    def add_gate(self, gate: Gate) -> None:
+        self._gates.append(gate)
 
     def agent(self, name: str) -> AgentConfig:
         agent = self._agents.get(name)
@@ -39,17 +49,30 @@ class ChatService:
             model = agent_config.model
         return self._registry.get(model), agent_config
 
-    def start(self, request: ChatRequest, model: str | None = None, agent: str | None = None) -> Run:
-        """Check the request against the model and begin generating; nothing runs until iterated."""
+    async def start(
+        self,
+        request: ChatRequest,
+        model: str | None = None,
+        agent: str | None = None,
+        principal: Principal = OPEN,
+    ) -> Run:
+        """Check and admit the request, and begin generating; nothing runs until iterated."""
         entry, agent_config = self.resolve(model, agent)
-        return self.begin(entry, with_system_prompt(request, agent_config))
+        request = with_system_prompt(request, agent_config)
+        admitted = await self.admit(principal, entry, request)
+        return self.begin(entry, request, admitted)
 
-    def begin(self, entry: ModelEntry, request: ChatRequest) -> Run:
+    async def admit(self, principal: Principal, entry: ModelEntry, request: ChatRequest) -> Admitted:
+        """Everything that may refuse a generation, before anything of it is stored or begun."""
         if request.tools and not entry.model.supports_tools:
             raise InvalidRequest(
                 f"model {entry.config.name!r} ({entry.model.provider}) does not support tools",
                 param="tools",
             )
+        return await admit_all(self._gates, principal, entry, request)
+
+    def begin(self, entry: ModelEntry, request: ChatRequest, admitted: Admitted = NOTHING_ADMITTED) -> Run:
+        """Begin an admitted generation."""
         defaults = entry.config.defaults
         params = request.params
         if (
@@ -65,6 +88,7 @@ class ChatService:
             )
             request = replace(request, params=params)
         run = Run(entry.config.name, entry.model.stream(request), entry.normaliser(request))
+        admitted.attach(run)
         if self._track is not None:
             self._track(run)
         return run

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from parley.access.principal import OPEN, Principal
 from parley.chat.autosave import ReplyAutosave
 from parley.chat.context import fit_to_context, history_window
 from parley.chat.run import Run
@@ -44,6 +45,7 @@ class ConversationChat:
         agent: str | None = None,
         params: GenerationParams | None = None,
         context: Sequence[ChatMessage] = (),
+        principal: Principal = OPEN,
     ) -> Turn:
         """Save the user's message, start the reply, and arrange for the reply to be saved.
 
@@ -67,9 +69,14 @@ class ConversationChat:
         # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
         max_tokens = params.max_tokens if params.max_tokens is not None else entry.config.defaults.max_tokens
         fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
-        opened = await self._store.open_turn(
-            conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent
-        )
+        admitted = await self._chat.admit(principal, entry, ChatRequest(messages=fitted.messages, params=params))
+        try:
+            opened = await self._store.open_turn(
+                conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent
+            )
+        except BaseException:
+            await admitted.release()
+            raise
         conversation, reply_id = opened.conversation_id, opened.reply_id
         if opened.user_position != recent.next_position:
             # Another server added to the conversation between the read and this write: the model
@@ -77,7 +84,7 @@ class ConversationChat:
             recent = await self._store.turn_history(conversation, window, before=opened.user_position)
             fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
         # Begun once the turn is stored: a run is work the server's drain waits for until it is closed.
-        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params))
+        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params), admitted)
         store_reasoning = entry.config.store_reasoning
         self._autosave.watch(reply_id, run, keep_reasoning=store_reasoning)
 

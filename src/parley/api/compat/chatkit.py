@@ -41,6 +41,7 @@ from chatkit.types import (
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from parley.access.principal import principal_of
 from parley.api.compat import chatkit_doc
 from parley.api.compat import chatkit_items as items
 from parley.api.compat.chatkit_stream import ChatKitEvents
@@ -112,7 +113,12 @@ async def _respond(
     if isinstance(parsed, ThreadsAddUserMessageReq):
         thread_id = _thread_id(parsed.params.thread_id)
         await store.get_conversation(thread_id)  # a thread that doesn't exist is a 404, not a new one
-    turn = await conversations.start(text, conversation_id=thread_id, model=user_input.inference_options.model)
+    turn = await conversations.start(
+        text,
+        conversation_id=thread_id,
+        model=user_input.inference_options.model,
+        principal=principal_of(request),
+    )
     now = datetime.now(UTC)
     user_message = items.user_item(turn.user_message_id, turn.conversation_id, text, now)
     new_thread = None

@@ -22,6 +22,7 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from parley.access.principal import principal_of
 from parley.api.deps import ConversationChatDep
 from parley.api.input_limits import CheckedJSONRoute, ConversationId
 from parley.api.streaming import SSEResponse, stream_run
@@ -184,5 +185,6 @@ async def tutor_message(body: TutorRequest, request: Request, conversations: Con
         conversation_id=body.session_id or body.thread_id or body.conversation_id,
         agent=agent,
         context=[] if note is None else [ChatMessage(role="system", content=f"Where the reader is: {note}")],
+        principal=principal_of(request),
     )
     return await stream_run(settings, turn.run, _TutorEvents(turn, body.message.id))

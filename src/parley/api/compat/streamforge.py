@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
+from parley.access.principal import principal_of
 from parley.api.compat.tether import TetherReply, tether_reply
 from parley.api.deps import ConversationChatDep, StoreDep
 from parley.api.health import VERSION
@@ -140,12 +141,20 @@ async def plain_chat(
     run: Run
     if body.session_id is not None:
         run = (
-            await conversations.start(body.message, conversation_id=body.session_id, model=body.model, params=params)
+            await conversations.start(
+                body.message,
+                conversation_id=body.session_id,
+                model=body.model,
+                params=params,
+                principal=principal_of(request),
+            )
         ).run
     else:
         earlier = [ChatMessage(role=m.role, content=m.content) for m in body.history or ()]
         messages = [*earlier, ChatMessage(role="user", content=body.message)]
-        run = chat.start(ChatRequest(messages=messages, params=params), model=body.model)
+        run = await chat.start(
+            ChatRequest(messages=messages, params=params), model=body.model, principal=principal_of(request)
+        )
     if _wants_json(body, request, settings):
         await collect_unless_disconnected(run, request.receive)
         return tether_reply(run)
