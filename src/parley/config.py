@@ -165,6 +165,17 @@ class Settings(BaseSettings):
     # What `POST /chat` answers a request that doesn't say: StreamForge's stream of text pieces, or
     # Tether's JSON reply (the default when Tether's settings configure the server).
     chat_route_reply: Literal["stream", "json"] = "stream"
+    # Access (parley.access). "required": every route but /health, /ready and the docs needs a key.
+    # "off": none does, allowed only on a loopback address unless `allow_open`. "auto": "required"
+    # once an admin key is set or any API key exists, else "off".
+    auth: Literal["auto", "required", "off"] = "auto"
+    admin_key_env: str = "PARLEY_ADMIN_KEY"  # the environment variable holding the admin key
+    allow_open: bool = False  # run without keys on a non-loopback address, deliberately
+    # Shared counters (limits, budgets) and, later, run events: needed when instances share a database.
+    redis_url: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    # /metrics on a port of its own (no key needed there); None: on the main port, admin key only.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
