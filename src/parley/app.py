@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from parley.access.edge import AccessMiddleware
 from parley.api import chat, conversations, health, openai, ws
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
     app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
+    app.add_middleware(AccessMiddleware)  # who is calling: decided once, before any route
     # Cross-site browser requests refused; listed origins through Starlette's CORSMiddleware.
     app.add_middleware(CrossSiteGuard, cors_origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -52,9 +52,12 @@ class Principal:
     def owner(self) -> str | None:
         """The owner stored with what this caller creates, and the filter on what it reads.
 
-        None sees everything: the admin key, and callers of a server that runs open."""
-        if self.admin or self.key_id is None:
+        None sees everything: the admin key, and callers of a server that runs open who name no
+        end user."""
+        if self.admin:
             return None
+        if self.key_id is None:  # an open server: private only between the end users an app names
+            return None if self.end_user is None else f"open/{self.end_user}"
         return self.key_id if self.end_user is None else f"{self.key_id}/{self.end_user}"
 
 
