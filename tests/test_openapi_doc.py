@@ -107,7 +107,10 @@ def test_streams_are_documented_event_by_event(document: dict[str, Any]) -> None
     chat = document["paths"]["/api/chat"]["post"]["responses"]["200"]["content"]
     events = chat["text/event-stream"]["schema"]["oneOf"]
     names = {event["properties"]["event"]["const"] for event in events}
-    assert names == {"message_start", "text_delta", "reasoning_delta", "tool_call", "message_complete", "error"}
+    assert names == {
+        *("message_start", "text_delta", "reasoning_delta", "tool_call", "message_complete", "error"),
+        *("tool_call_delta", "tool_result", "agent_handoff", "step"),  # an agent's steps
+    }
     for event in events:
         assert event["properties"]["data"]["contentMediaType"] == "application/json"
     completions = document["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]

@@ -24,6 +24,7 @@ from parley.config import Settings
 from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
 from parley.store import default_database_url, open_store
+from parley.tools.registry import ToolRegistry
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -39,7 +40,10 @@ def create_app(settings: Settings) -> FastAPI:
         await store.fail_interrupted(older_than=autosave.stale_after)
         autosave.start()
         registry = ModelRegistry(settings.models)
-        chat = ChatService(registry, settings.agents, track=lifecycle.track)
+        tools = ToolRegistry(settings.tools, settings.mcp_servers)
+        tools.start()  # MCP servers connect in the background; their tools appear when they are up
+        chat = ChatService(registry, settings.agents, track=lifecycle.track, tools=tools, tool_settings=settings.tools)
+        app.state.tools = tools
         app.state.settings = settings
         app.state.registry = registry
         app.state.store = store
@@ -54,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.aclose()
+            await tools.aclose()
             await autosave.aclose()
             await store.stop_repairs()
             await store.aclose()

@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from parley.tools.config import MCPServerConfig, ToolSettings
+
 ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.:/-]*$")]
 
 
@@ -96,12 +98,36 @@ class FakeConfig(_ModelConfigBase):
 ModelConfig = Annotated[LlamaCppConfig | OpenAICompatConfig | FakeConfig, Field(discriminator="provider")]
 
 
+class AgentAction(BaseModel):
+    """A prompt template chosen by how the user's message begins (`Summarize: ...`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field(min_length=1, max_length=100)
+    template: str = Field(min_length=1)  # `{text}`: the rest of the user's message
+
+    @model_validator(mode="after")
+    def _has_the_text(self) -> AgentAction:
+        if "{text}" not in self.template:
+            raise ValueError(f"the template of action {self.prefix!r} must contain {{text}}")
+        return self
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: ModelName
+    description: str = ""  # what the agent is for: shown to agents that may hand off to it
     system_prompt: str = ""  # "": no system message
     model: str | None = None  # None: the default model
+    defaults: SamplingDefaults = SamplingDefaults()  # over the model's own
+    # Tools it may call: built-in names (`calculator`), MCP tools (`files__read`) or patterns (`files__*`).
+    tools: list[str] = []
+    handoffs: list[ModelName] = []  # agents it may pass the conversation to (a `transfer_to_<name>` tool each)
+    actions: list[AgentAction] = []
+    max_steps: int = Field(default=8, ge=1, le=64)  # model calls in one reply
+    tool_timeout_seconds: float = Field(default=30.0, gt=0)
+    run_timeout_seconds: float = Field(default=300.0, gt=0)  # the whole reply, all steps
 
 
 # Always present (the workshop chatbot's clients ask for it): the default model, no extra prompt.
@@ -159,6 +185,8 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=64, ge=8, le=200)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
     agents: list[AgentConfig] = []
+    tools: ToolSettings = ToolSettings()
+    mcp_servers: list[MCPServerConfig] = []
     # `WS /ws/chat/{id}` frames: Parley's own (`{"event", "data"}`), or the workshop chatbot's
     # (`{"type": "chunk", "content", "agent"}`), whose browser page can't ask for them.
     websocket_frames: Literal["parley", "workshop"] = "parley"
@@ -183,9 +211,13 @@ class Settings(BaseSettings):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        agent_names = {agent.name for agent in self.agents} | {DEFAULT_AGENT}
         for agent in self.agents:
             if agent.model is not None and agent.model not in names:
                 raise ValueError(f"agent {agent.name!r} names unknown model {agent.model!r}")
+            unknown = [name for name in agent.handoffs if name not in agent_names]
+            if unknown:
+                raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(unknown)}")
         if all(agent.name != DEFAULT_AGENT for agent in self.agents):
             self.agents.append(AgentConfig(name=DEFAULT_AGENT))
         return self

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "error"]
+# "max_steps": an agent used all its steps (model, tools, model ...) without a final answer.
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "error", "max_steps"]
 
 
 @dataclass(slots=True)
@@ -31,6 +32,33 @@ class ToolCallDelta:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    server: bool = False  # a call of a tool Parley runs itself (an agent's), not one for the client
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """What a tool Parley ran answered (`output`, possibly long), or why it failed (`error`)."""
+
+    id: str
+    name: str
+    output: str
+    error: str | None
+    duration_ms: float
+
+
+@dataclass(slots=True)
+class StepStart:
+    """An agent calls its model again, with the results of the tools it asked for (steps count from 1)."""
+
+    step: int
+
+
+@dataclass(slots=True)
+class AgentHandoff:
+    """The reply goes on under another agent (its prompt, model and tools)."""
+
+    from_agent: str
+    to_agent: str
 
 
 @dataclass(slots=True)
@@ -51,7 +79,7 @@ class Finish:
     reason: FinishReason
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | ToolResult | StepStart | AgentHandoff
 # What became available together: one upstream read, or the tokens llama.cpp made while the
 # consumer was busy. Passing events on in batches keeps the per-token cost of every layer low.
 EventBatch = Sequence[StreamEvent]

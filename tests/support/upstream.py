@@ -47,6 +47,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.agent_plans import PLANS
+
 TEXT_PIECES = ["Hello", " from", " the", " upstream", "."]
 TEXT_REPLY = "".join(TEXT_PIECES)
 PROMPT_TOKENS = 11
@@ -435,6 +437,8 @@ class Upstream:
                 await asyncio.sleep(self.slow_interval)
             await answer.delta({}, "stop")
             await answer.end(self.slow_pieces)
+        elif model in PLANS:
+            await PLANS[model](answer, body)
         else:
             await self._broken(answer, request)
             return

@@ -24,8 +24,9 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
             "With `stream` true (the default): `text/event-stream` of named events, in order "
-            "`message_start`, then any of `text_delta` / `reasoning_delta`, then `tool_call` for each "
-            "tool call, then `message_complete`; or `error` as the last event if the run fails. "
+            "`message_start`, then any of `text_delta` / `reasoning_delta` (and, for an agent that runs "
+            "tools, `tool_call_delta`, `tool_result`, `agent_handoff` and `step`), then `tool_call` for each "
+            "tool call left to the client, then `message_complete`; or `error` as the last event if the run fails. "
             "With `stream` false: one JSON `ChatReply`."
         ),
         "content": {
@@ -90,7 +91,7 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
         params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
         principal=principal_of(request),
     )
-    run, events = turn.run, ChatEvents(turn)
+    run, events = turn.run, ChatEvents(turn, request.app.state.settings.tools.client_result_chars)
     if not body.stream:
         await collect_unless_disconnected(run, request.receive)
         return ChatReply(

@@ -11,25 +11,32 @@ from collections.abc import Iterator
 from pydantic import BaseModel
 
 from parley.api.chat_schema import (
+    AgentHandoffOut,
     ErrorOut,
     MessageComplete,
     MessageStart,
     ReasoningDeltaOut,
+    StepOut,
     TextDeltaOut,
+    ToolCallDeltaOut,
+    ToolResultOut,
     UsageOut,
     timing_out,
     tool_calls_out,
 )
 from parley.chat.turns import Turn
 from parley.errors import ParleyError
-from parley.events import ReasoningDelta, StreamEvent, TextDelta
+from parley.events import AgentHandoff, ReasoningDelta, StepStart, StreamEvent, TextDelta, ToolCallDelta, ToolResult
+from parley.tools.config import ToolSettings
 
 NamedEvent = tuple[str, BaseModel]
+DEFAULT_RESULT_CHARS = ToolSettings().client_result_chars
 
 
 class ChatEvents:
-    def __init__(self, turn: Turn) -> None:
+    def __init__(self, turn: Turn, result_chars: int = DEFAULT_RESULT_CHARS) -> None:
         self._turn = turn
+        self._result_chars = result_chars  # a tool result's length in its `tool_result` event
 
     def start(self) -> MessageStart:
         turn = self._turn
@@ -52,6 +59,27 @@ class ChatEvents:
             yield "text_delta", TextDeltaOut(text=event.text)
         elif isinstance(event, ReasoningDelta):
             yield "reasoning_delta", ReasoningDeltaOut(text=event.text)
+        elif isinstance(event, ToolCallDelta) and event.server:
+            yield (
+                "tool_call_delta",
+                ToolCallDeltaOut(index=event.index, id=event.id, name=event.name, arguments=event.arguments),
+            )
+        elif isinstance(event, ToolResult):
+            yield (
+                "tool_result",
+                ToolResultOut(
+                    id=event.id,
+                    name=event.name,
+                    output=event.output[: self._result_chars],
+                    output_chars=len(event.output),
+                    error=event.error,
+                    duration_ms=round(event.duration_ms, 1),
+                ),
+            )
+        elif isinstance(event, AgentHandoff):
+            yield "agent_handoff", AgentHandoffOut(from_agent=event.from_agent, to_agent=event.to_agent)
+        elif isinstance(event, StepStart):
+            yield "step", StepOut(step=event.step)
 
     def closing(self) -> Iterator[NamedEvent]:
         run = self._turn.run

@@ -81,6 +81,40 @@ class ToolCallOut(BaseModel):
     arguments: str
 
 
+class ToolCallDeltaOut(BaseModel):
+    """`event: tool_call_delta` — a piece of a call of a tool Parley runs (an agent's), as it arrives:
+    the first piece of a call has its `id` and `name`, the others more of its `arguments`."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str
+
+
+class ToolResultOut(BaseModel):
+    """`event: tool_result` — what a tool Parley ran answered, or why it failed."""
+
+    id: str = Field(description="The id of the call it answers.")
+    name: str
+    output: str = Field(description="The result, cut to the server's `tools.client_result_chars`.")
+    output_chars: int = Field(description="The whole result's length (the model got it up to its own limit).")
+    error: str | None = Field(description="Why the tool failed (the model was told, and may recover).")
+    duration_ms: float
+
+
+class AgentHandoffOut(BaseModel):
+    """`event: agent_handoff` — the reply goes on under another agent."""
+
+    from_agent: str
+    to_agent: str
+
+
+class StepOut(BaseModel):
+    """`event: step` — the agent calls its model again, with its tools' results (steps count from 1)."""
+
+    step: int
+
+
 class MessageComplete(BaseModel):
     """`event: message_complete` — last on a stream that succeeded or was cut by a limit."""
 
@@ -122,6 +156,10 @@ STREAM_EVENT_MODELS: tuple[type[BaseModel], ...] = (
     TextDeltaOut,
     ReasoningDeltaOut,
     ToolCallOut,
+    ToolCallDeltaOut,
+    ToolResultOut,
+    AgentHandoffOut,
+    StepOut,
     MessageComplete,
     ErrorOut,
 )

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from parley.api.deps import RegistryDep, StoreDep
 from parley.models.registry import ModelState
+from parley.tools.registry import ToolRegistry
 
 router = APIRouter(tags=["Operations"])
 
@@ -62,6 +63,7 @@ async def ready(request: Request, registry: RegistryDep, store: StoreDep) -> JSO
     The database's reason names the component only ("database unreachable", "database schema
     missing"); its URL, host and the driver's words go to the server log.
     """
+    tools: ToolRegistry = request.app.state.tools
     models: dict[str, Any] = {}
     problems: list[str] = []
     if request.app.state.lifecycle.draining:
@@ -75,7 +77,15 @@ async def ready(request: Request, registry: RegistryDep, store: StoreDep) -> JSO
             problems.append(f"model {entry.config.name!r} is loading")
         elif entry.state is ModelState.FAILED:
             problems.append(f"model {entry.config.name!r} failed to load: {entry.error}")
+    # An MCP server that is down fails its tools with an error the model sees; the instance still serves.
+    mcp = {name: {"state": server.state, "tools": len(server.tools)} for name, server in tools.servers.items()}
     if problems:
-        body = {"status": "unavailable", "reason": "; ".join(problems), "database": database or "ok", "models": models}
+        body = {
+            "status": "unavailable",
+            "reason": "; ".join(problems),
+            "database": database or "ok",
+            "models": models,
+            "mcp_servers": mcp,
+        }
         return JSONResponse(body, 503)
-    return JSONResponse({"status": "ready", "database": "ok", "models": models})
+    return JSONResponse({"status": "ready", "database": "ok", "models": models, "mcp_servers": mcp})

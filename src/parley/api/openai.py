@@ -24,6 +24,7 @@ from parley.models.registry import ModelState
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+AGENT_PREFIX = "agent:"  # `/v1/models` lists agents as `agent:NAME`, and a request's `model` names one so
 
 
 class ChatCompletionsRoute:
@@ -61,12 +62,20 @@ class ChatCompletionsRoute:
             return None
         state = scope["app"].state
         body = _validated(raw, state.settings.max_json_depth)
-        run = await state.chat.start(body.to_request(), model=body.model, principal=scope_principal(scope))
+        model, agent = agent_model(body.model)
+        run = await state.chat.start(body.to_request(), model=model, agent=agent, principal=scope_principal(scope))
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return await stream_run(state.settings, run, ChunkEncoder(run, include_usage))
+            return await stream_run(state.settings, run, ChunkEncoder(run, include_usage, body.parley_steps))
         await collect_unless_disconnected(run, receive)
         return JSONResponse(completion(run))
+
+
+def agent_model(model: str) -> tuple[str | None, str | None]:
+    """`agent:NAME` runs an agent (on its own model); any other name is a model's."""
+    if model.startswith(AGENT_PREFIX):
+        return None, model[len(AGENT_PREFIX) :]
+    return model, None
 
 
 def scope_principal(scope: Scope) -> Principal:
@@ -129,18 +138,28 @@ def openapi_path() -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(registry: RegistryDep) -> dict[str, Any]:
+async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]:
+    """The models, then the agents (`agent:NAME`, on their own model, prompt and tools)."""
     created = int(time.time())
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": entry.config.name,
-                "object": "model",
-                "created": created,
-                "owned_by": f"parley:{entry.model.provider}",
-                "ready": entry.state is ModelState.READY,
-            }
-            for entry in registry.entries()
-        ],
-    }
+    models = [
+        {
+            "id": entry.config.name,
+            "object": "model",
+            "created": created,
+            "owned_by": f"parley:{entry.model.provider}",
+            "ready": entry.state is ModelState.READY,
+        }
+        for entry in registry.entries()
+    ]
+    ready = {model["id"]: model["ready"] for model in models}
+    agents = [
+        {
+            "id": f"{AGENT_PREFIX}{agent.name}",
+            "object": "model",
+            "created": created,
+            "owned_by": "parley:agent",
+            "ready": ready.get(agent.model or registry.default_name, False),
+        }
+        for agent in request.app.state.chat.agents()
+    ]
+    return {"object": "list", "data": [*models, *agents]}

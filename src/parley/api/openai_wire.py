@@ -11,7 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from parley.api.input_limits import MAX_STOP_SEQUENCES, Flag, Integer, MaxTokens, Name, Seed, Temperature, TopP
 from parley.chat.run import Run
 from parley.errors import ParleyError
-from parley.events import EventBatch, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from parley.events import (
+    AgentHandoff,
+    EventBatch,
+    Finish,
+    ReasoningDelta,
+    StepStart,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolResult,
+    Usage,
+)
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 
 
@@ -57,6 +68,9 @@ class ChatCompletionBody(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    # Parley's extension (the official clients send it with `extra_body`): an agent's steps (tool
+    # calls Parley runs, their results, handoffs) as `parley` objects on otherwise empty chunks.
+    parley_steps: Flag = False
 
     @field_validator("stop")
     @classmethod
@@ -97,7 +111,7 @@ def _usage(usage: Usage | None) -> dict[str, Any] | None:
 
 def _finish_reason(run: Run) -> str:
     reason = run.finish_reason or "stop"
-    return reason if reason in ("stop", "length", "tool_calls", "content_filter") else "stop"
+    return reason if reason in ("stop", "length", "tool_calls", "content_filter", "max_steps") else "stop"
 
 
 def completion(run: Run) -> dict[str, Any]:
@@ -127,9 +141,10 @@ class ChunkEncoder:
     every token, and re-serialising the constant part of each chunk dominated its cost.
     """
 
-    def __init__(self, run: Run, include_usage: bool) -> None:
+    def __init__(self, run: Run, include_usage: bool, steps: bool = False) -> None:
         self._run = run
         self._include_usage = include_usage
+        self._steps = steps  # an agent's steps shown (`parley_steps`), else left out
         head = {"id": f"chatcmpl-{run.id[4:]}", "object": "chat.completion.chunk", "created": run.created}
         self._prefix = (
             orjson.dumps(head)[:-1]
@@ -159,7 +174,7 @@ class ChunkEncoder:
                 parts.append(self._text_head + encode_basestring_ascii(event.text).encode() + self._text_tail)
             elif isinstance(event, ReasoningDelta):
                 parts.append(self._chunk({"reasoning_content": event.text}))
-            elif isinstance(event, ToolCallDelta):
+            elif isinstance(event, ToolCallDelta) and not event.server:
                 call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
                 if event.id is not None:
                     call["id"], call["type"] = event.id, "function"
@@ -170,7 +185,21 @@ class ChunkEncoder:
                 self._usage = event
             elif isinstance(event, Finish):
                 parts.append(self._chunk({}, _finish_reason(self._run)))
+            elif self._steps:
+                step = _step(event)
+                if step is not None:
+                    parts.append(
+                        b"data: "
+                        + self._prefix
+                        + b'{},"logprobs":null,"finish_reason":null}],"parley":'
+                        + orjson.dumps(step)
+                        + b"}\n\n"
+                    )
         return b"".join(parts)
+
+    def _step_chunk(self, step: dict[str, Any]) -> bytes:
+        open_choice = b'{},"logprobs":null,"finish_reason":null}]'
+        return b"data: " + self._prefix + open_choice + b',"parley":' + orjson.dumps(step) + b"}\n\n"
 
     def closing(self) -> bytes:
         done = b"data: [DONE]\n\n"
@@ -188,3 +217,29 @@ class ChunkEncoder:
 
     def error(self, error: ParleyError) -> bytes:
         return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
+
+
+def _step(event: StreamEvent) -> dict[str, Any] | None:
+    """An agent's step as `/v1` shows it with `parley_steps` (the `parley` field of a chunk)."""
+    if isinstance(event, ToolCallDelta):
+        return {
+            "type": "tool_call_delta",
+            "index": event.index,
+            "id": event.id,
+            "name": event.name,
+            "arguments": event.arguments,
+        }
+    if isinstance(event, ToolResult):
+        return {
+            "type": "tool_result",
+            "id": event.id,
+            "name": event.name,
+            "output": event.output,
+            "error": event.error,
+            "duration_ms": round(event.duration_ms, 1),
+        }
+    if isinstance(event, AgentHandoff):
+        return {"type": "agent_handoff", "from_agent": event.from_agent, "to_agent": event.to_agent}
+    if isinstance(event, StepStart):
+        return {"type": "step", "step": event.step}
+    return None

@@ -150,6 +150,10 @@ _CHAT_EVENTS = {
     "text_delta": "TextDeltaOut",
     "reasoning_delta": "ReasoningDeltaOut",
     "tool_call": "ToolCallOut",
+    "tool_call_delta": "ToolCallDeltaOut",
+    "tool_result": "ToolResultOut",
+    "agent_handoff": "AgentHandoffOut",
+    "step": "StepOut",
     "message_complete": "MessageComplete",
     "error": "ErrorOut",
 }

@@ -64,6 +64,7 @@ class _Session:
         settings: Settings = socket.app.state.settings
         self._max_frame_bytes = settings.max_body_bytes
         self._max_json_depth = settings.max_json_depth
+        self._result_chars = settings.tools.client_result_chars
         self._encode = frame_format(settings)
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -126,7 +127,7 @@ class _Session:
             self._running = None
             await self._send_error(exc)
             return
-        events = ChatEvents(turn)
+        events = ChatEvents(turn, self._result_chars)
         failure: Exception | None = None
         turn.run.bind_stop(stopping.cancel)
         try:

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from parley.chat.agent_loop import StepRecord
 from parley.errors import ParleyError, as_parley_error
 from parley.events import (
     EventBatch,
@@ -75,6 +76,8 @@ class Run:
         self._stop: Callable[[], None] | None = None
         # An `on_end` callback that failed (the reply could not be saved): the client is told.
         self.end_failure: ParleyError | None = None
+        # An agent's steps (tool calls and results, the agents that answered), when it took any.
+        self.steps: StepRecord | None = None
 
     def on_end(self, callback: RunEnded) -> None:
         """Call `callback(run)` once when the run is closed, whatever its outcome.
@@ -178,6 +181,8 @@ class Run:
             elif isinstance(event, ReasoningDelta):
                 self._reasoning.append(event.text)
             elif isinstance(event, ToolCallDelta):
+                if event.server:  # (an agent's step: kept in `steps`, not the reply's own tool calls)
+                    continue
                 parts = self._tool_calls.setdefault(event.index, _ToolCallParts())
                 parts.id = parts.id or event.id or ""
                 parts.name = parts.name or event.name or ""
@@ -187,6 +192,8 @@ class Run:
                 continue
             elif isinstance(event, Finish):
                 self.finish_reason = event.reason
+                continue
+            else:  # an agent's step events: not tokens of the reply
                 continue
             if self._first_token_at is None:
                 self._first_token_at = time.perf_counter()

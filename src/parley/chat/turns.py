@@ -64,12 +64,14 @@ class ConversationChat:
 
         def prompt(history: list[ChatMessage]) -> list[ChatMessage]:
             request = ChatRequest(messages=[*context, *history, user], params=params)
-            return with_system_prompt(request, agent_config).messages
+            return with_system_prompt(request, agent_config, apply_actions=True).messages
 
         # Room for the reply the model will be asked for: the request's max_tokens, else the model's default.
         max_tokens = params.max_tokens if params.max_tokens is not None else entry.config.defaults.max_tokens
         fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
-        admitted = await self._chat.admit(principal, entry, ChatRequest(messages=fitted.messages, params=params))
+        admitted = await self._chat.admit(
+            principal, entry, ChatRequest(messages=fitted.messages, params=params), agent_config
+        )
         try:
             opened = await self._store.open_turn(
                 conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent
@@ -84,7 +86,7 @@ class ConversationChat:
             recent = await self._store.turn_history(conversation, window, before=opened.user_position)
             fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
         # Begun once the turn is stored: a run is work the server's drain waits for until it is closed.
-        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params), admitted)
+        run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params), admitted, agent_config)
         store_reasoning = entry.config.store_reasoning
         self._autosave.watch(reply_id, run, keep_reasoning=store_reasoning)
 
