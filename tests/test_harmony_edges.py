@@ -133,8 +133,7 @@ def test_leading_whitespace_before_harmony_is_dropped() -> None:
         "<b>bold</b> and <|end|> later",
         "<|im_start|>assistant\nHi<|im_end|>",
         "<|sta",
-        "  indented <|start|>",
-        " " * 300 + "<|start|>assistant<|channel|>final<|message|>x",
+        "a < b and b <| c",
         "",
     ],
 )
@@ -145,6 +144,26 @@ def test_text_that_does_not_start_like_harmony_passes_through_untouched(text: st
         assert "".join(e.text for e in events if isinstance(e, TextDelta)) == text, way
         assert parser.is_harmony is False, way
         assert not parser.has_tool_calls
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Sure, let me think. <|channel|>analysis<|message|>hmm<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>Answer<|return|>",
+            Merged("hmm", "Sure, let me think. Answer", ()),
+        ),
+        (" " * 300 + "<|start|>assistant<|channel|>final<|message|>x", Merged("", " " * 300 + "x", ())),
+        (
+            "Checking. <|start|>assistant<|channel|>commentary to=functions.get_weather"
+            ' <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+            Merged("", "Checking. ", (("get_weather", '{"city": "Paris"}'),)),
+        ),
+    ],
+)
+def test_plain_text_that_switches_to_harmony_is_parsed_from_there(text: str, expected: Merged) -> None:
+    assert parse_every_way(text) == expected
 
 
 def test_plain_text_is_decided_at_its_first_characters() -> None:

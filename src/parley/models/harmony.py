@@ -237,6 +237,11 @@ class HarmonyParser:
         return self._is_harmony
 
     @property
+    def passes_through(self) -> bool:
+        """Plain text, nothing held back: text without a `<` would come out exactly as it went in."""
+        return self._state == _PLAIN and not self._pending
+
+    @property
     def has_tool_calls(self) -> bool:
         return bool(self._calls)
 
@@ -265,7 +270,9 @@ class HarmonyParser:
             return []
         state = self._state
         if state == _PLAIN:
-            return [TextDelta(text)]
+            if "<" not in text and not self._pending:  # most tokens of a plain reply
+                return [TextDelta(text)]
+            return self._plain(text)
         out: list[StreamEvent] = []
         if state == _CONTENT and not self._pending and not self._carry and "<" not in text:  # most tokens
             self._emit(text, out)
@@ -286,11 +293,38 @@ class HarmonyParser:
         if self._state == _DETECT:
             self._detect("", out, final=True)
         pending, self._pending = self._pending, ""
-        if pending and self._state != _PLAIN:
+        if pending and self._state == _PLAIN:
+            out.append(TextDelta(pending))
+        elif pending:
             self._text(pending, out)
         if self._state == _CONTENT:
             self._close(complete=False)
         self._finished = True
+        return out
+
+    def _plain(self, text: str) -> list[StreamEvent]:
+        """Plain text so far: a reply that switches to Harmony markup midway is parsed from there on
+        (small models write a sentence, then remember their format)."""
+        buf = self._pending + text
+        self._pending = ""
+        out: list[StreamEvent] = []
+        start = 0
+        while (i := buf.find("<|", start)) >= 0:
+            if buf.startswith((START, CHANNEL), i):
+                if i:
+                    out.append(TextDelta(buf[:i]))
+                self._is_harmony, self._state = True, _BETWEEN
+                self._run(buf[i:], out)
+                return out
+            if len(buf) - i < _LONGEST and buf[i:] in _PARTIALS:  # may still become a special token
+                self._pending, buf = buf[i:], buf[:i]
+                break
+            start = i + 2
+        else:
+            if buf.endswith("<"):
+                self._pending, buf = "<", buf[:-1]
+        if buf:
+            out.append(TextDelta(buf))
         return out
 
     def _detect(self, text: str, out: list[StreamEvent], *, final: bool) -> None:
@@ -305,7 +339,7 @@ class HarmonyParser:
         if kind == "other" and self._auto_detect:
             self._state, self._is_harmony = _PLAIN, False
             if buf:
-                out.append(TextDelta(buf))
+                out += self._plain(buf)
             return
         self._is_harmony = True
         if kind == "recipient":  # the prompt ended with "<|start|>assistant"

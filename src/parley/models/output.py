@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from parley.errors import UpstreamError
 from parley.events import EventBatch, Finish, ReasoningDelta, StreamEvent, TextDelta
 from parley.models.base import ChatRequest
 from parley.models.harmony import HarmonyParser
@@ -54,19 +53,16 @@ class Normaliser:
             batch = [event for event in batch if not isinstance(event, ReasoningDelta)]
         return batch
 
-    def _parsed(self, batch: EventBatch, parser: HarmonyParser) -> list[StreamEvent]:
+    def _parsed(self, batch: EventBatch, parser: HarmonyParser) -> EventBatch:
+        if parser.passes_through and not any(type(e) is TextDelta and "<" in e.text for e in batch):
+            return batch  # plain text with no markup in sight: as it came (the usual case, once decided)
         out: list[StreamEvent] = []
-        for position, event in enumerate(batch):
+        for event in batch:
             if isinstance(event, TextDelta):
                 out += parser.feed(event.text)
-                if parser.is_harmony is False:  # plain text: the rest of the stream passes straight through
-                    self._parser = None
-                    out += batch[position + 1 :]
-                    break
             elif isinstance(event, Finish):
                 out += parser.finish()
                 out.append(Finish(parser.finish_reason(event.reason)))
-                _check_arguments(parser)
             else:
                 out.append(event)
         return out
@@ -79,14 +75,3 @@ def _harmony_parser(mode: HarmonyMode, template_is_harmony: bool, request: ChatR
     if mode == "on" or template_is_harmony:
         return HarmonyParser(auto_detect=False, prompt_tail=HARMONY_PROMPT_TAIL, tool_names=names)
     return HarmonyParser(auto_detect=True, tool_names=names)
-
-
-def _check_arguments(parser: HarmonyParser) -> None:
-    """Arguments a call declared as JSON must be JSON; a client could not act on them otherwise."""
-    problems = parser.invalid_arguments()
-    if problems:
-        first = problems[0]
-        raise UpstreamError(
-            f"the model called {first.name!r} with arguments that are not valid JSON: {first.error}",
-            code="invalid_tool_arguments",
-        )
