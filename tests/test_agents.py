@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -258,3 +260,31 @@ def test_the_websocket_shows_the_steps_and_a_cancel_stops_a_running_tool(parley:
         assert all(frame["event"] != "tool_result" for frame in rest)
         # The session (and the MCP server) go on serving.
         assert text_of(ws_chat(ws, 'add {"a": 2, "b": 3}', agent="recover")) == "Recovered after: 5 "
+
+
+def test_the_tutor_example_config_sends_its_actions_to_the_model(upstream: Upstream) -> None:
+    from parley.config import load_settings
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "tutor.toml"
+    v1 = upstream.base_url + "/v1"
+    settings = load_settings(example, models=[{"name": "agent-echo", "provider": "openai", "base_url": v1}])
+    [tutor] = [agent for agent in settings.agents if agent.name == "tutor"]
+    assert [action.prefix for action in tutor.actions] == ["Explain:", "Translate to Urdu:", "Summarize:"]
+    with running_parley(settings) as url:
+        for action in tutor.actions:
+            marker = f"example {uuid.uuid4().hex}"
+            body = {"type": "user_message", "message": {"id": marker, "content": f"{action.prefix} {marker}"}}
+            with httpx.Client(base_url=url, timeout=30) as http, http.stream("POST", "/chatkit/api", json=body) as r:
+                assert r.status_code == 200
+                r.read()
+            seen = upstream.find(marker)
+            assert seen.last_user_text == action.template.replace("{text}", marker)
+            assert seen.body["messages"][0]["content"] == tutor.system_prompt
+
+
+def test_the_agents_example_config_is_valid() -> None:
+    from parley.config import load_settings
+
+    settings = load_settings(Path(__file__).resolve().parent.parent / "examples" / "agents.toml")
+    assert {agent.name for agent in settings.agents} >= {"assistant", "billing"}
+    assert [server.name for server in settings.mcp_servers] == ["files"]

@@ -20,6 +20,10 @@ class ToolRegistry:
         self._builtins = {tool.spec.name: tool for tool in builtins}
         self.servers = {config.name: MCPServer(config) for config in mcp_servers}
 
+    def register(self, tool: Tool) -> None:
+        """Offer one more tool of Parley's own (beside the built-in ones)."""
+        self._builtins[tool.spec.name] = tool
+
     def start(self) -> None:
         """Connect to the MCP servers, each in the background (a slow one delays nothing)."""
         for server in self.servers.values():
