@@ -21,7 +21,7 @@ from httpx_sse import connect_sse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.chat.context import fit_to_context, reply_reserve
+from parley.chat.context import fit_to_context, reply_reserve, shorten_old_tool_results
 from parley.config import FakeConfig, LlamaCppConfig
 from parley.errors import InvalidRequest
 from parley.events import EventBatch, TextDelta, Usage
@@ -128,7 +128,7 @@ async def test_a_tool_exchange_is_left_out_whole_never_cut_from_its_question() -
         assistant("old answer " * 40),
         user("What is the weather in Oslo?"),
         ChatMessage(role="assistant", tool_calls=[call]),
-        ChatMessage(role="tool", tool_call_id="call_1", content="Sunny, 21 degrees. " * 30),
+        ChatMessage(role="tool", tool_call_id="call_1", content="Sunny, 21 degrees. " * 20),  # (too short to shorten)
         assistant("It is sunny and 21 degrees in Oslo. " * 5),
         user("And tomorrow?"),
     ]
@@ -138,6 +138,31 @@ async def test_a_tool_exchange_is_left_out_whole_never_cut_from_its_question() -
     fitted = await fit_to_context(fake(budget + 100), messages, max_tokens=100)
     assert fitted.messages == [messages[0], messages[-1]]
     assert fitted.dropped == 6
+
+
+async def test_old_tool_results_are_shortened_before_turns_are_left_out() -> None:
+    call = ToolCall(id="call_1", function=FunctionCall(name="search", arguments='{"q": "fjords"}'))
+    result = "Fjords are long, narrow sea inlets carved by glaciers. " * 40  # 2,200 characters
+    messages = [
+        system("Use tools."),
+        user("Tell me about fjords."),
+        ChatMessage(role="assistant", tool_calls=[call]),
+        ChatMessage(role="tool", tool_call_id="call_1", content=result),
+        assistant("Fjords are glacial sea inlets."),
+        user("And where are the longest?"),
+    ]
+    shortened = shorten_old_tool_results(messages)
+    # Room for the whole conversation with the result shortened, not with it whole.
+    fitted = await fit_to_context(fake(estimate(shortened) + 100 + 2), messages, max_tokens=100)
+    assert fitted.dropped == 0 and len(fitted.messages) == len(messages)
+    kept = fitted.messages[3].text()
+    assert kept.startswith(result[:200]) and kept.endswith(
+        f"[shortened to fit the context: {len(result)} characters in all]"
+    )
+    assert fitted.messages[:3] == messages[:3] and fitted.messages[4:] == messages[4:]
+    # A result after the newest question is the model's to read whole: never shortened.
+    current_turn = messages[:4]
+    assert shorten_old_tool_results(current_turn) is current_turn
 
 
 async def test_newest_message_too_long_for_the_context_is_refused() -> None:

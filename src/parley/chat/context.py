@@ -71,9 +71,41 @@ async def fit_to_context(model: Model, messages: list[ChatMessage], max_tokens: 
     """The newest part of `messages` that fits the model's context with room for the reply.
 
     Leading system (developer) messages are always kept; of the rest, the longest run that ends
-    with the conversation and starts at a user turn. Raises InvalidRequest
-    (`context_length_exceeded`) when even the system prompt and the newest user turn don't fit.
+    with the conversation and starts at a user turn. When earlier turns must go, old tool results
+    (before the newest user message) are shortened first, each saying so, if that keeps more of
+    the conversation. Raises InvalidRequest (`context_length_exceeded`) when even the system prompt
+    and the newest user turn don't fit.
     """
+    fitted = await _fit(model, messages, max_tokens)
+    if fitted.dropped:
+        shortened = shorten_old_tool_results(messages)
+        if shortened is not messages:
+            again = await _fit(model, shortened, max_tokens)
+            if again.dropped < fitted.dropped:
+                return again
+    return fitted
+
+
+KEPT_TOOL_RESULT_CHARS = 200  # of an old tool result that had to be shortened
+
+
+def shorten_old_tool_results(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The messages with each long tool result before the newest user message cut to its start
+    (`messages` itself when there is none)."""
+    newest_user = max((i for i, message in enumerate(messages) if message.role == "user"), default=-1)
+    shortened = list(messages)
+    changed = False
+    for index in range(newest_user):
+        message = messages[index]
+        text = message.text()
+        if message.role == "tool" and len(text) > 2 * KEPT_TOOL_RESULT_CHARS:
+            note = f"{text[:KEPT_TOOL_RESULT_CHARS]}\n[shortened to fit the context: {len(text)} characters in all]"
+            shortened[index] = message.model_copy(update={"content": note})
+            changed = True
+    return shortened if changed else messages
+
+
+async def _fit(model: Model, messages: list[ChatMessage], max_tokens: int | None) -> FittedHistory:
     context = model.context_size
     if context is None:
         return FittedHistory(list(messages), 0, None)
