@@ -692,6 +692,7 @@ def _summary(row: ConversationRow) -> ConversationSummary:
         message_count=row.message_count,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        owner=row.owner,
     )
 
 
