@@ -60,7 +60,7 @@ class OpenTurn(WriteOp[OpenedTurn | None]):
     model: str | None
     agent: str | None
     now: datetime
-    owner: str | None = None
+    owner: str | None
 
     @classmethod
     async def apply_all(cls, connection: AsyncConnection, ops: Sequence[OpenTurn]) -> Sequence[OpenedTurn | None]:
@@ -100,7 +100,10 @@ class OpenTurn(WriteOp[OpenedTurn | None]):
 
 def _rounds(ops: Sequence[OpenTurn]) -> list[dict[str, list[OpenTurn]]]:
     """The ops grouped by conversation, in as many upserts as it takes for each to hold one owner's
-    turns per conversation (one upsert can't write a row twice). Almost always one."""
+    turns per conversation (one upsert can't write a row twice). Almost always one: a second comes
+    only when two owners' turns name one id in one batch (one of them is refused). It locks rows
+    out of the one order, so it could meet another server's batch in a deadlock, which PostgreSQL
+    breaks by failing a transaction: that batch is then applied op by op, and nothing is lost."""
     rounds: list[dict[str, list[OpenTurn]]] = [{}]
     for op in ops:
         for turns in rounds:
