@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +38,7 @@ from chatkit.types import (
 from pydantic import BaseModel
 from websockets.sync.client import connect
 
+from tests.support.process import parley_serve
 from tests.support.server import running_parley
 
 pytest_plugins = ["tests.support.databases"]
@@ -237,3 +239,30 @@ def test_chatkit_threads_of_another_owner_are_missing(http: httpx.Client) -> Non
     items = chatkit(http, ALICE, ItemsListReq(params=ItemsListParams(thread_id=thread))).json()
     assert len(items["data"]) == 2 and SECRET in json.dumps(items)
     assert alices_threads["data"][0]["title"] == SECRET  # untouched by Bob's update
+
+
+@pytest.mark.slow
+def test_two_servers_sharing_postgresql_keep_each_owners_conversations(postgres_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        f'database_url = "{postgres_url}"\ndata_dir = "{tmp_path}"\n[[models]]\nname = "echo"\nprovider = "fake"\n'
+    )
+    with parley_serve(config) as first, parley_serve(config) as second:
+        one, two = httpx.Client(base_url=first, timeout=30), httpx.Client(base_url=second, timeout=30)
+        with one, two:
+            alices = say(one, ALICE, SECRET)["conversation_id"]
+            # The second server has nothing of it in memory: its database reads filter by owner.
+            assert two.get(f"/api/conversations/{alices}", headers=BOB).json() == not_found_body(alices)
+            refused = two.post("/api/chat", json={"message": "PIN?", "conversation_id": alices}, headers=BOB)
+            assert refused.status_code == 404 and refused.json() == not_found_body(alices)
+            say(two, ALICE, "continued on the second", conversation_id=alices)
+            # Both servers now hold Alice's history in memory; neither serves it to Bob.
+            for server in (one, two):
+                refused = server.post("/api/chat", json={"message": "PIN?", "conversation_id": alices}, headers=BOB)
+                assert refused.status_code == 404 and refused.json() == not_found_body(alices)
+            assert [c["id"] for c in two.get("/api/conversations", headers=BOB).json()["data"]] == []
+            stored = one.get(f"/api/conversations/{alices}", headers=ALICE).json()
+            assert [m["content"] for m in stored["messages"] if m["role"] == "user"] == [
+                SECRET,
+                "continued on the second",
+            ]
