@@ -13,6 +13,9 @@ concurrency the requests/s and Parley's CPU ms per request (from /proc) of:
   the `conversation_id` of its first `message_start`, then starts another, so loading the
   history is part of every turn. Messages are ~100 characters, the same every run.
 
+With `--end-users` each client names its own end user (`X-Parley-User`), so its conversations
+are private and every turn's reads and writes filter by owner.
+
 Targets: at 64 streams `/api/chat` keeps at least 40% of `/v1`'s throughput on SQLite, 30% on
 PostgreSQL.
 
@@ -115,8 +118,9 @@ def v1_request(base_url: str) -> Request:
 class Conversation:
     """One client's chat: `turns` turns in one conversation, then a new one; a failed turn starts over."""
 
-    def __init__(self, base_url: str, client: int, turns: int) -> None:
+    def __init__(self, base_url: str, client: int, turns: int, *, end_user: bool = False) -> None:
         self._url = base_url + CHAT_PATH
+        self._headers = JSON | {"X-Parley-User": f"user-{client}"} if end_user else JSON
         self._client = client
         self._turns = turns
         self._conversation_id: str | None = None
@@ -142,7 +146,7 @@ class Conversation:
             self._new_conversation()
 
     async def _turn_reply(self, session: aiohttp.ClientSession, data: bytes) -> str:
-        async with session.post(self._url, data=data, headers=JSON) as reply:
+        async with session.post(self._url, data=data, headers=self._headers) as reply:
             body = await reply.read()
         if reply.status != 200:
             raise BenchError(f"{CHAT_PATH} answered {reply.status}: {body[:300]!r}")
@@ -244,7 +248,7 @@ async def measure(servers: list[Server], args: argparse.Namespace) -> None:
     for server in servers:
         await check_server(server.base_url)
         server.conversations = [
-            Conversation(server.base_url, client, args.turns_per_conversation)
+            Conversation(server.base_url, client, args.turns_per_conversation, end_user=args.end_users)
             for client in range(max(args.concurrency))
         ]
     for concurrency in args.concurrency:
@@ -376,13 +380,17 @@ def main() -> int:
     )
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per run (default 200000)")
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
+    parser.add_argument(
+        "--end-users", action="store_true", help="each client names its end user: private conversations"
+    )
     args = parser.parse_args()
     if args.baseline is not None and not (args.baseline / "parley" / "__init__.py").is_file():
         parser.error(f"--baseline {args.baseline}: not a src/ folder with the parley package in it")
 
     print(
         f"Stored turns: streaming POST {CHAT_PATH} (history loaded, user message and reply stored; "
-        f"{args.turns_per_conversation} turns per conversation, ~100-character messages) vs. streaming "
+        f"{args.turns_per_conversation} turns per conversation, ~100-character messages"
+        f"{', each client its own end user' if args.end_users else ''}) vs. streaming "
         f"POST {V1_PATH} (stateless), on the same server"
     )
     print(

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from parley.api.chat_schema import UsageOut
-from parley.api.deps import StoreDep
+from parley.api.deps import OwnerDep, StoreDep
 from parley.api.input_limits import CheckedJSONRoute, is_conversation_id
 from parley.store.errors import ConversationNotFound
 
@@ -75,29 +75,32 @@ class Rename(BaseModel):
 @router.get("")
 async def list_conversations(
     store: StoreDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ConversationPageOut:
-    """Newest activity first."""
-    page = await store.list_conversations(limit=limit, cursor=cursor)
+    """Newest activity first: the caller's own conversations (every one, for a caller who sees all)."""
+    page = await store.list_conversations(limit=limit, cursor=cursor, owner=owner)
     return ConversationPageOut(
         data=[ConversationOut.model_validate(item.to_dict()) for item in page.items], next_cursor=page.next_cursor
     )
 
 
 @router.get("/{conversation_id}")
-async def get_conversation(conversation_id: ConversationIdPath, store: StoreDep) -> ConversationDetail:
-    return ConversationDetail.model_validate((await store.get_conversation(conversation_id)).to_dict())
+async def get_conversation(conversation_id: ConversationIdPath, store: StoreDep, owner: OwnerDep) -> ConversationDetail:
+    return ConversationDetail.model_validate((await store.get_conversation(conversation_id, owner=owner)).to_dict())
 
 
 @router.patch("/{conversation_id}")
-async def rename_conversation(conversation_id: ConversationIdPath, body: Rename, store: StoreDep) -> ConversationOut:
-    return ConversationOut.model_validate((await store.rename(conversation_id, body.title)).to_dict())
+async def rename_conversation(
+    conversation_id: ConversationIdPath, body: Rename, store: StoreDep, owner: OwnerDep
+) -> ConversationOut:
+    return ConversationOut.model_validate((await store.rename(conversation_id, body.title, owner=owner)).to_dict())
 
 
 @router.delete("/{conversation_id}", status_code=204)
-async def delete_conversation(conversation_id: ConversationIdPath, store: StoreDep) -> Response:
-    await store.delete(conversation_id)
+async def delete_conversation(conversation_id: ConversationIdPath, store: StoreDep, owner: OwnerDep) -> Response:
+    await store.delete(conversation_id, owner=owner)
     return Response(status_code=204)
 
 
@@ -107,17 +110,20 @@ async def delete_conversation(conversation_id: ConversationIdPath, store: StoreD
     response_model=None,
 )
 async def export_conversation(
-    conversation_id: ConversationIdPath, store: StoreDep, format: Literal["json", "markdown"] = "json"
+    conversation_id: ConversationIdPath,
+    store: StoreDep,
+    owner: OwnerDep,
+    format: Literal["json", "markdown"] = "json",
 ) -> Response:
     """The whole conversation as a JSON document or as Markdown, as a download."""
     if format == "markdown":
-        body = await store.export_markdown(conversation_id)
+        body = await store.export_markdown(conversation_id, owner=owner)
         return PlainTextResponse(
             body,
             media_type="text/markdown; charset=utf-8",
             headers=_download(conversation_id, "md"),
         )
-    document = _utc_as_z(await store.export_json(conversation_id))
+    document = _utc_as_z(await store.export_json(conversation_id, owner=owner))
     return JSONResponse(document, headers=_download(conversation_id, "json"))
 
 

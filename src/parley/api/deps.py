@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from parley.access.principal import principal_of
 from parley.chat.turns import ConversationChat
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
@@ -27,6 +28,12 @@ async def _store(request: HTTPConnection) -> ConversationStore:
     return store
 
 
+async def _owner(request: HTTPConnection) -> str | None:
+    """The caller's owner (`Principal.owner`): what the store filters conversations by."""
+    return principal_of(request).owner
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
+OwnerDep = Annotated[str | None, Depends(_owner)]

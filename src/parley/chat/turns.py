@@ -55,11 +55,12 @@ class ConversationChat:
         leaves out, and not stored with the conversation.
         """
         params = params or GenerationParams()
+        owner = principal.owner  # another owner's conversation is not found, before anything is written
         entry, agent_config = self._chat.resolve(model, agent)
         window = history_window(entry.model.context_size)
         recent = RecentHistory([], 0)
         if conversation_id is not None:  # (a new, client-chosen id is created with the turn)
-            recent = await self._store.turn_history(conversation_id, window)
+            recent = await self._store.turn_history(conversation_id, window, owner=owner)
         user = ChatMessage(role="user", content=message)
 
         def prompt(history: list[ChatMessage]) -> list[ChatMessage]:
@@ -74,7 +75,7 @@ class ConversationChat:
         )
         try:
             opened = await self._store.open_turn(
-                conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent
+                conversation_id or new_conversation_id(), message, model=entry.config.name, agent=agent, owner=owner
             )
         except BaseException:
             await admitted.release()
@@ -83,7 +84,7 @@ class ConversationChat:
         if opened.user_position != recent.next_position:
             # Another server added to the conversation between the read and this write: the model
             # sees the conversation as it now is (the newest message alone fitted, so it still does).
-            recent = await self._store.turn_history(conversation, window, before=opened.user_position)
+            recent = await self._store.turn_history(conversation, window, before=opened.user_position, owner=owner)
             fitted = await fit_to_context(entry.model, prompt(recent.messages), max_tokens)
         # Begun once the turn is stored: a run is work the server's drain waits for until it is closed.
         run = self._chat.begin(entry, ChatRequest(messages=fitted.messages, params=params), admitted, agent_config)

@@ -3,6 +3,11 @@
 Every method is one transaction: it happens whole or not at all, and input the store won't keep
 is refused before anything is written. Replies are saved in two steps, `start_assistant_message`
 then `finish_message`, so a reply that fails or is cancelled part-way keeps what was produced.
+
+Conversations are private to their owner (`Principal.owner`). The methods that read or write a
+conversation take the caller's `owner`, stored with what it creates and applied as a filter in
+every query; None filters nothing (the admin key, an open server with no end user named). A
+conversation of another owner is, to the caller, one that doesn't exist: ConversationNotFound.
 """
 
 from __future__ import annotations
@@ -16,7 +21,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import Row, Select, Table, and_, bindparam, delete, func, literal, or_, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
@@ -134,9 +155,11 @@ class ConversationStore:
         model: str | None = None,
         agent: str | None = None,
         conversation_id: str | None = None,
+        owner: str | None = None,
     ) -> ConversationSummary:
         row = self._new_conversation(conversation_id, title=inputs.checked_title(title) if title is not None else None)
         row.model, row.agent = inputs.checked_name(model, "model"), inputs.checked_name(agent, "agent")
+        row.owner = owner
         try:
             async with self._write() as session:
                 session.add(row)
@@ -145,7 +168,7 @@ class ConversationStore:
         return _summary(row)
 
     async def get_or_create(
-        self, conversation_id: str, *, model: str | None = None, agent: str | None = None
+        self, conversation_id: str, *, model: str | None = None, agent: str | None = None, owner: str | None = None
     ) -> ConversationSummary:
         """The conversation with this id, created (empty) if there is none. Safe to race."""
         row = self._new_conversation(conversation_id)
@@ -156,20 +179,23 @@ class ConversationStore:
             "message_count": 0,
             "created_at": row.created_at,
             "updated_at": row.updated_at,
+            "owner": owner,
         }
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         async with self._write() as session:
             await session.execute(dialect_insert(ConversationRow).values(values).on_conflict_do_nothing())
-            found = await session.get(ConversationRow, row.id)
-            assert found is not None
-            return _summary(found)
+            return _summary(await self._conversation(session, row.id, owner))
 
-    async def list_conversations(self, limit: int = 20, cursor: str | None = None) -> ConversationPage:
+    async def list_conversations(
+        self, limit: int = 20, cursor: str | None = None, *, owner: str | None = None
+    ) -> ConversationPage:
         """Newest activity first. Pass `next_cursor` back as `cursor` for the next page."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidStoreInput(f"limit must be between 1 and {MAX_PAGE}", param="limit")
         order = (ConversationRow.updated_at.desc(), ConversationRow.id.desc())
         query = select(ConversationRow).order_by(*order).limit(limit + 1)
+        if owner is not None:
+            query = query.where(ConversationRow.owner == owner)
         if cursor is not None:
             moment, last_id = inputs.decode_cursor(cursor)
             key = tuple_(ConversationRow.updated_at, ConversationRow.id)
@@ -180,16 +206,16 @@ class ConversationStore:
         next_cursor = inputs.encode_cursor(items[-1]) if len(rows) > limit else None
         return ConversationPage(items, next_cursor)
 
-    async def get_conversation(self, conversation_id: str) -> ConversationRecord:
+    async def get_conversation(self, conversation_id: str, *, owner: str | None = None) -> ConversationRecord:
         """The conversation with all its messages, in order."""
         async with self._read() as session:
-            row = await self._conversation(session, conversation_id)
+            row = await self._conversation(session, conversation_id, owner)
             messages = await session.execute(_messages_of(conversation_id))
             summary = _summary(row)
             fields = {field.name: getattr(summary, field.name) for field in dataclasses.fields(summary)}
             return ConversationRecord(**fields, messages=tuple(_message(m) for m in messages))
 
-    async def history(self, conversation_id: str) -> list[ChatMessage]:
+    async def history(self, conversation_id: str, *, owner: str | None = None) -> list[ChatMessage]:
         """The messages to send a model: finished ones (cancelled replies keep their partial text).
 
         Left out: replies still streaming, replies that failed, and empty replies; the tool calls
@@ -199,34 +225,37 @@ class ConversationStore:
             raise ConversationNotFound(conversation_id)
         query = _messages_of(conversation_id).where(MessageRow.status.in_(_HISTORY_STATUSES))
         async with self._read() as session:
+            if owner is not None:  # the conversation is checked before any of its messages is read
+                await self._conversation(session, conversation_id, owner)
             rows = (await session.execute(query)).all()
-            if not rows:
+            if not rows and owner is None:
                 await self._conversation(session, conversation_id)
         seen = [(m.position, m.role, m.content, m.tool_calls, m.tool_call_id, m.status) for m in map(_message, rows)]
         return [message for _, message in _for_the_model_at(seen)]
 
-    async def rename(self, conversation_id: str, title: str) -> ConversationSummary:
+    async def rename(self, conversation_id: str, title: str, *, owner: str | None = None) -> ConversationSummary:
         clean = inputs.checked_title(title)
         async with self._write() as session:
-            row = await self._conversation(session, conversation_id)
+            row = await self._conversation(session, conversation_id, owner)
             row.title = clean
             return _summary(row)
 
-    async def delete(self, conversation_id: str) -> None:
+    async def delete(self, conversation_id: str, *, owner: str | None = None) -> None:
         """Delete the conversation and (by the foreign key's cascade) all its messages."""
+        statement = delete(ConversationRow).where(ConversationRow.id == conversation_id)
+        if owner is not None:
+            statement = statement.where(ConversationRow.owner == owner)
         async with self._write() as session:
-            deleted = await session.execute(
-                delete(ConversationRow).where(ConversationRow.id == conversation_id).returning(ConversationRow.id)
-            )
+            deleted = await session.execute(statement.returning(ConversationRow.id))
             if deleted.first() is None:
                 raise ConversationNotFound(conversation_id)
         self._forget(conversation_id)
 
-    async def export_json(self, conversation_id: str) -> dict[str, Any]:
-        return export.to_json(await self.get_conversation(conversation_id))
+    async def export_json(self, conversation_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        return export.to_json(await self.get_conversation(conversation_id, owner=owner))
 
-    async def export_markdown(self, conversation_id: str) -> str:
-        return export.to_markdown(await self.get_conversation(conversation_id))
+    async def export_markdown(self, conversation_id: str, *, owner: str | None = None) -> str:
+        return export.to_markdown(await self.get_conversation(conversation_id, owner=owner))
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -242,6 +271,7 @@ class ConversationStore:
         model: str | None = None,
         agent: str | None = None,
         message_id: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Add a finished message at the end; the first user message titles an untitled conversation."""
         if role not in ROLES:
@@ -258,7 +288,7 @@ class ConversationStore:
         )
         title = inputs.title_from(row.content) if role == "user" else None
         self._forget_all()  # (these older single writes are not fed to the history cache)
-        return await self._add(conversation_id, row, message_id, title=title)
+        return await self._add(conversation_id, row, message_id, title=title, owner=owner)
 
     async def start_assistant_message(
         self,
@@ -267,6 +297,7 @@ class ConversationStore:
         model: str | None = None,
         agent: str | None = None,
         message_id: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Put an empty reply (status `streaming`) at the end, to fill in with `finish_message`.
 
@@ -280,7 +311,7 @@ class ConversationStore:
             status="streaming",
         )
         self._forget_all()
-        return await self._add(conversation_id, row, message_id, model=row.model, agent=row.agent)
+        return await self._add(conversation_id, row, message_id, model=row.model, agent=row.agent, owner=owner)
 
     async def finish_message(
         self,
@@ -326,10 +357,17 @@ class ConversationStore:
     # --- a conversation turn: the hot path, through the batching writer --------------------------
 
     async def open_turn(
-        self, conversation_id: str, content: str, *, model: str | None = None, agent: str | None = None
+        self,
+        conversation_id: str,
+        content: str,
+        *,
+        model: str | None = None,
+        agent: str | None = None,
+        owner: str | None = None,
     ) -> OpenedTurn:
         """Add a user's message and an empty reply (`streaming`) to the conversation, creating it if
-        new; returns once committed. The first user message titles an untitled conversation."""
+        new (for `owner`); returns once committed. The first user message titles an untitled
+        conversation. Another owner's conversation is not found, and nothing is written."""
         self._checked_id(conversation_id)
         text = inputs.clean_text(content)
         op = OpenTurn(
@@ -341,6 +379,7 @@ class ConversationStore:
             model=inputs.checked_name(model, "model"),
             agent=inputs.checked_name(agent, "agent"),
             now=self._now(),
+            owner=owner,
         )
         try:
             async with self._available():
@@ -348,9 +387,11 @@ class ConversationStore:
         except BaseException:
             self._forget(conversation_id)
             raise
+        if opened is None:
+            raise ConversationNotFound(conversation_id)
         if self._history is not None:
             user = ChatMessage(role="user", content=text)
-            self._history.opened(conversation_id, opened.user_position, opened.reply_id, user)
+            self._history.opened(conversation_id, opened.user_position, opened.reply_id, user, opened.owner)
         return opened
 
     async def finish_reply(
@@ -401,44 +442,52 @@ class ConversationStore:
         async with self._available():
             await self._batches.submit(SaveProgress(progress=clean, alive=list(alive), now=self._now()))
 
-    async def recent_history(self, conversation_id: str, limit: int | None = None) -> list[ChatMessage]:
+    async def recent_history(
+        self, conversation_id: str, limit: int | None = None, *, owner: str | None = None
+    ) -> list[ChatMessage]:
         """The newest `limit` messages to send a model (all with None), oldest first: as `history`,
         without reading what context fitting could never keep. A new conversation has none."""
-        return (await self.turn_history(conversation_id, limit)).messages
+        return (await self.turn_history(conversation_id, limit, owner=owner)).messages
 
     async def turn_history(
-        self, conversation_id: str, limit: int | None = None, *, before: int | None = None
+        self, conversation_id: str, limit: int | None = None, *, before: int | None = None, owner: str | None = None
     ) -> RecentHistory:
         """`recent_history`, with the position the conversation's next message takes as far as it
         knows. A turn whose message lands elsewhere (`open_turn`'s `user_position`) learns that
-        another server wrote to the conversation meanwhile, and reads again, `before` its own."""
+        another server wrote to the conversation meanwhile, and reads again, `before` its own.
+        Another owner's conversation raises ConversationNotFound (a missing one has no history)."""
         if not inputs.ID_PATTERN.match(conversation_id):
             return RecentHistory([], 0)
         cache = self._history if before is None else None
         if cache is not None:
-            if (kept := cache.get(conversation_id, limit)) is not None:
+            if (kept := cache.get(conversation_id, limit, owner)) is not None:
                 return kept
             cache.reading(conversation_id)
-        parameters = {"conversation": conversation_id, "newest": limit, "before": _NO_POSITION}
+        parameters = {"conversation": conversation_id, "newest": limit, "before": _NO_POSITION, "owner": owner}
         if before is not None:
             parameters["before"] = before
+        statement = (_NEWEST if limit is not None else _ALL_NEWEST_FIRST)[owner is not None]
         try:
             async with self._available(), self._engine.connect() as connection:
-                rows = (await connection.execute(_NEWEST if limit is not None else _ALL_NEWEST_FIRST, parameters)).all()
-                count = await connection.scalar(_MESSAGE_COUNT, parameters)
+                rows = (await connection.execute(statement, parameters)).all()
+                state = (await connection.execute(_CONVERSATION_STATE, parameters)).first()
         except BaseException:
             if cache is not None:
                 cache.read_failed(conversation_id)
             raise
+        if state is None or (owner is not None and state.owner != owner):
+            if cache is not None:  # no such conversation (yet): its first turn starts the cache
+                cache.read_failed(conversation_id)
+            if state is None:
+                return RecentHistory([], 0)
+            raise ConversationNotFound(conversation_id)
         kept_pairs = _for_the_model_at(reversed(rows))
         messages = [message for _, message in kept_pairs]
         if cache is not None:
-            if count is None:  # no such conversation (yet): its first turn starts the cache
-                cache.read_failed(conversation_id)
-            else:
-                whole = limit is None or len(rows) < limit
-                cache.read(conversation_id, messages, [position for position, _ in kept_pairs], count, whole)
-        return RecentHistory(list(messages), count or 0)
+            whole = limit is None or len(rows) < limit
+            positions = [position for position, _ in kept_pairs]
+            cache.read(conversation_id, messages, positions, state.message_count, whole, state.owner)
+        return RecentHistory(list(messages), state.message_count)
 
     async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
         """Mark replies left `streaming` by a server that stopped as failed, keeping the text saved
@@ -535,8 +584,14 @@ class ConversationStore:
         now = self._now()
         return ConversationRow(id=conversation_id, title=title, message_count=0, created_at=now, updated_at=now)
 
-    async def _conversation(self, session: AsyncSession, conversation_id: str) -> ConversationRow:
-        row = await session.get(ConversationRow, conversation_id)
+    async def _conversation(
+        self, session: AsyncSession, conversation_id: str, owner: str | None = None
+    ) -> ConversationRow:
+        if owner is None:
+            row = await session.get(ConversationRow, conversation_id)
+        else:
+            query = select(ConversationRow).where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
+            row = await session.scalar(query)
         if row is None:
             raise ConversationNotFound(conversation_id)
         return row
@@ -550,6 +605,7 @@ class ConversationStore:
         title: str | None = None,
         model: str | None = None,
         agent: str | None = None,
+        owner: str | None = None,
     ) -> str:
         if message_id is not None and not inputs.ID_PATTERN.match(message_id):
             raise InvalidStoreInput("a message id is 1-128 letters, digits and . _ : -", param="message_id")
@@ -569,7 +625,7 @@ class ConversationStore:
                 # across servers too, so positions never collide.
                 count = await session.scalar(
                     update(ConversationRow)
-                    .where(ConversationRow.id == conversation_id)
+                    .where(ConversationRow.id == conversation_id, *_owned_by(owner))
                     .values(changes)
                     .returning(ConversationRow.message_count)
                     .execution_options(synchronize_session=False)
@@ -595,7 +651,7 @@ if [column.name for column in _MESSAGE_COLUMNS] != [field.name for field in data
 _M = _MESSAGES.c
 # What a model sees, newest first: one row a message (an empty reply, left out anyway, is not
 # read), so a limit counts exactly the messages fitting may keep.
-_ALL_NEWEST_FIRST = (
+_ANY_OWNERS_NEWEST_FIRST = (
     select(_M.position, _M.role, _M.content, _M.tool_calls, _M.tool_call_id, _M.status)
     .where(
         _M.conversation_id == bindparam("conversation"),
@@ -605,9 +661,22 @@ _ALL_NEWEST_FIRST = (
     )
     .order_by(_M.position.desc())
 )
-_NEWEST = _ALL_NEWEST_FIRST.limit(bindparam("newest"))
+# The same, reading nothing of a conversation that isn't the caller's.
+_OWNED_NEWEST_FIRST = _ANY_OWNERS_NEWEST_FIRST.where(
+    exists().where(ConversationRow.id == bindparam("conversation"), ConversationRow.owner == bindparam("owner"))
+)
+# Indexed by whether an owner filters: [no filter, filter].
+_ALL_NEWEST_FIRST = (_ANY_OWNERS_NEWEST_FIRST, _OWNED_NEWEST_FIRST)
+_NEWEST = tuple(statement.limit(bindparam("newest")) for statement in _ALL_NEWEST_FIRST)
 _NO_POSITION = 2**31 - 1  # `before` when every position is wanted
-_MESSAGE_COUNT = select(ConversationRow.message_count).where(ConversationRow.id == bindparam("conversation"))
+_CONVERSATION_STATE = select(ConversationRow.message_count, ConversationRow.owner).where(
+    ConversationRow.id == bindparam("conversation")
+)
+
+
+def _owned_by(owner: str | None) -> tuple[ColumnElement[bool], ...]:
+    """The filter that keeps a caller to its own conversations (none for None)."""
+    return () if owner is None else (ConversationRow.owner == owner,)
 
 
 def _messages_of(conversation_id: str) -> Select[*tuple[Any, ...]]:
@@ -623,6 +692,7 @@ def _summary(row: ConversationRow) -> ConversationSummary:
         message_count=row.message_count,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        owner=row.owner,
     )
 
 

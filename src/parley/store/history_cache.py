@@ -10,6 +10,9 @@ Other servers sharing a PostgreSQL database write behind its back: their turns a
 position. Every history comes with the position the conversation's next message takes; a turn
 whose own message lands elsewhere (another server added messages meanwhile) reads the history
 again from the database before the model sees it, and the stale entry is dropped.
+
+Each history keeps its conversation's owner, as stored: it is served only to a caller who may
+see that conversation (one of that owner, or one who sees everything).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ MAX_MESSAGES = 1024  # per conversation; older ones are let go, and reads that n
 class _History:
     next_position: int  # where the conversation's next message goes
     whole: bool  # holds every message from the conversation's start
+    owner: str | None  # the conversation's, as stored
     positions: list[int] = field(default_factory=list)
     messages: list[ChatMessage] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # reply id -> its position, while it streams
@@ -47,9 +51,12 @@ class HistoryCache:
         self._conversations: OrderedDict[str, _History] = OrderedDict()
         self._reads: dict[str, list[int]] = {}  # reads in flight: [readers, writes meanwhile]
 
-    def get(self, conversation_id: str, limit: int | None) -> RecentHistory | None:
+    def get(self, conversation_id: str, limit: int | None, owner: str | None) -> RecentHistory | None:
+        """The history kept, if it has what is asked and `owner` (None: anyone) may see it."""
         history = self._conversations.get(conversation_id)
         if history is None or not (history.whole or (limit is not None and limit <= len(history.messages))):
+            return None
+        if owner is not None and history.owner != owner:
             return None
         self._conversations.move_to_end(conversation_id)
         messages = history.messages if limit is None else history.messages[-limit:]
@@ -60,22 +67,31 @@ class HistoryCache:
         self._reads.setdefault(conversation_id, [0, 0])[0] += 1
 
     def read(
-        self, conversation_id: str, messages: list[ChatMessage], positions: list[int], next_position: int, whole: bool
+        self,
+        conversation_id: str,
+        messages: list[ChatMessage],
+        positions: list[int],
+        next_position: int,
+        whole: bool,
+        owner: str | None,
     ) -> None:
         """A read ended with these messages: kept, unless a write to the conversation raced it."""
         if self._end_read(conversation_id) or conversation_id in self._conversations:
             return
-        self._keep(conversation_id, _History(next_position, whole, positions, messages))
+        self._keep(conversation_id, _History(next_position, whole, owner, positions, messages))
 
     def read_failed(self, conversation_id: str) -> None:
         self._end_read(conversation_id)
 
-    def opened(self, conversation_id: str, user_position: int, reply_id: str, message: ChatMessage) -> None:
-        """A turn was opened: its user message at `user_position`, its reply streaming after it."""
+    def opened(
+        self, conversation_id: str, user_position: int, reply_id: str, message: ChatMessage, owner: str | None
+    ) -> None:
+        """A turn was opened: its user message at `user_position`, its reply streaming after it,
+        in a conversation of `owner` (as stored)."""
         self._wrote(conversation_id)
         history = self._conversations.get(conversation_id)
         if history is None and user_position == 0:
-            history = self._keep(conversation_id, _History(0, True))
+            history = self._keep(conversation_id, _History(0, True, owner))
         if history is None:
             return
         if history.next_position != user_position:

@@ -96,6 +96,9 @@ class ConversationSummary:
     message_count: int
     created_at: datetime
     updated_at: datetime  # last activity
+    # Whose it is (`Principal.owner`); None: made by a caller who sees everything. Not in `to_dict`:
+    # who may see a conversation is access's business, not part of what a client reads or exports.
+    owner: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -72,6 +72,8 @@ class ConversationRow(Base):
     __table_args__ = (
         # Listing newest first: walked backwards, with the id breaking ties (and as the keyset cursor).
         Index("ix_conversations_updated_at_id", "updated_at", "id"),
+        # One owner's listing, newest first (revision 0004), walked like the one above.
+        Index("ix_conversations_owner_updated_at_id", "owner", "updated_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
@@ -82,6 +84,8 @@ class ConversationRow(Base):
     message_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]  # last activity: a message added or finished
+    # Revision 0004: whose it is (`Principal.owner`); NULL: made by a caller who sees everything.
+    owner: Mapped[str | None] = mapped_column(Text)
 
 
 class MessageRow(Base):

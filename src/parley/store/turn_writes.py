@@ -2,9 +2,11 @@
 
 A whole batch of turns costs a handful of statements, whatever its size:
 
-- `OpenTurn`: one multi-row upsert of the turns' conversations (created if new; their message
-  counts raised by two a turn, which hands each turn its two positions) and one executemany
-  insert of the user messages and the empty replies (`streaming`).
+- `OpenTurn`: one multi-row upsert of the turns' conversations (created if new, with their
+  owner; their message counts raised by two a turn, which hands each turn its two positions) and
+  one executemany insert of the user messages and the empty replies (`streaming`). The upsert
+  touches only a conversation the turn's owner may see: another owner's row is left alone and not
+  returned, and that turn writes nothing (its result is None).
 - `SaveProgress`: one executemany update of replies still streaming.
 - `FinishReply`: one executemany update of the conversations' activity, one of the replies, and
   one select telling which replies were still streaming (those are the ones finished).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,11 +40,16 @@ class OpenedTurn:
     user_message_id: str
     reply_id: str
     user_position: int  # the reply's is the next
+    owner: str | None  # the conversation's owner, as stored
 
 
 @dataclass(frozen=True, slots=True)
-class OpenTurn(WriteOp[OpenedTurn]):
-    """A user's message and the empty reply to it, at the end of their conversation (made if new)."""
+class OpenTurn(WriteOp[OpenedTurn | None]):
+    """A user's message and the empty reply to it, at the end of their conversation (made if new).
+
+    `owner`: the caller's (`Principal.owner`), stored with a new conversation; an existing one is
+    written only if it is the caller's (None: any conversation). Its result: None when not.
+    """
 
     order: ClassVar[int] = 0
     conversation_id: str
@@ -53,42 +60,71 @@ class OpenTurn(WriteOp[OpenedTurn]):
     model: str | None
     agent: str | None
     now: datetime
+    owner: str | None
 
     @classmethod
-    async def apply_all(cls, connection: AsyncConnection, ops: Sequence[OpenTurn]) -> Sequence[OpenedTurn]:
-        turns: dict[str, list[OpenTurn]] = {}
-        for op in ops:
-            turns.setdefault(op.conversation_id, []).append(op)
-        rows = [
-            {
-                "id": conversation_id,
-                "title": mine[0].title,
-                "model": mine[-1].model,
-                "agent": mine[-1].agent,
-                "message_count": 2 * len(mine),
-                "created_at": mine[0].now,
-                "updated_at": mine[-1].now,
-            }
-            for conversation_id, mine in sorted(turns.items())
-        ]
-        returned = await connection.execute(_UPSERTS[connection.dialect.name], rows)
-        counts: dict[str, int] = {row[0]: row[1] for row in returned}
+    async def apply_all(cls, connection: AsyncConnection, ops: Sequence[OpenTurn]) -> Sequence[OpenedTurn | None]:
+        upsert = _UPSERTS[connection.dialect.name]
         opened: dict[int, OpenedTurn] = {}
         messages: list[dict[str, Any]] = []
-        for conversation_id, mine in turns.items():
-            position = counts[conversation_id] - 2 * len(mine)
-            for op in mine:
-                opened[id(op)] = OpenedTurn(conversation_id, op.user_message_id, op.reply_id, position)
-                messages.append(_message(op, op.user_message_id, position, "user", op.content, "complete"))
-                messages.append(_message(op, op.reply_id, position + 1, "assistant", "", "streaming"))
-                position += 2
-        await connection.execute(_INSERT_MESSAGES, messages)
-        return [opened[id(op)] for op in ops]
+        for turns in _rounds(ops):
+            rows = [
+                {
+                    "id": conversation_id,
+                    "title": mine[0].title,
+                    "model": mine[-1].model,
+                    "agent": mine[-1].agent,
+                    "message_count": 2 * len(mine),
+                    "created_at": mine[0].now,
+                    "updated_at": mine[-1].now,
+                    "owner": mine[0].owner,
+                }
+                for conversation_id, mine in sorted(turns.items())
+            ]
+            returned = await connection.execute(upsert, rows)
+            counts: dict[str, tuple[int, str | None]] = {row[0]: (row[1], row[2]) for row in returned}
+            for conversation_id, mine in turns.items():
+                if conversation_id not in counts:
+                    continue  # another owner's: nothing written
+                count, owner = counts[conversation_id]
+                position = count - 2 * len(mine)
+                for op in mine:
+                    opened[id(op)] = OpenedTurn(conversation_id, op.user_message_id, op.reply_id, position, owner)
+                    messages.append(_message(op, op.user_message_id, position, "user", op.content, "complete"))
+                    messages.append(_message(op, op.reply_id, position + 1, "assistant", "", "streaming"))
+                    position += 2
+        if messages:
+            await connection.execute(_INSERT_MESSAGES, messages)
+        return [opened.get(id(op)) for op in ops]
+
+
+def _rounds(ops: Sequence[OpenTurn]) -> list[dict[str, list[OpenTurn]]]:
+    """The ops grouped by conversation, in as many upserts as it takes for each to hold one owner's
+    turns per conversation (one upsert can't write a row twice). Almost always one: a second comes
+    only when two owners' turns name one id in one batch (one of them is refused). It locks rows
+    out of the one order, so it could meet another server's batch in a deadlock, which PostgreSQL
+    breaks by failing a transaction: that batch is then applied op by op, and nothing is lost."""
+    rounds: list[dict[str, list[OpenTurn]]] = [{}]
+    for op in ops:
+        for turns in rounds:
+            mine = turns.get(op.conversation_id)
+            if mine is None:
+                turns[op.conversation_id] = [op]
+                break
+            if mine[0].owner == op.owner:
+                mine.append(op)
+                break
+        else:
+            rounds.append({op.conversation_id: [op]})
+    return rounds
 
 
 def _upsert(insert: Callable[[Table], Any]) -> Any:
     """Conversations made if new, their message counts raised, the new counts returned: one
-    statement, built once, that SQLAlchemy sends for a batch's rows as one multi-row insert."""
+    statement, built once, that SQLAlchemy sends for a batch's rows as one multi-row insert.
+
+    An existing conversation is updated (and returned) only if the turn's owner may see it: the
+    owner check rides in the upsert itself, costing no round trip."""
     statement = insert(CONVERSATIONS)
     current, new = CONVERSATIONS.c, statement.excluded
     return statement.on_conflict_do_update(
@@ -100,7 +136,8 @@ def _upsert(insert: Callable[[Table], Any]) -> Any:
             "model": func.coalesce(new.model, current.model),
             "agent": func.coalesce(new.agent, current.agent),
         },
-    ).returning(current.id, current.message_count, sort_by_parameter_order=True)
+        where=or_(new.owner.is_(None), current.owner == new.owner),
+    ).returning(current.id, current.message_count, current.owner)
 
 
 # Statements built once: constructing them per batch showed in the turn path's profile.

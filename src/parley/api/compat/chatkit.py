@@ -68,22 +68,23 @@ async def chatkit(request: Request, conversations: ConversationChatDep, store: S
         parsed = _REQUESTS.validate_python(body, strict=True)  # JSON types as sent: 0 is no boolean
     except ValidationError as exc:
         raise _invalid(exc) from None
+    owner = principal_of(request).owner  # another owner's thread is one that doesn't exist
     if isinstance(parsed, ThreadsCreateReq | ThreadsAddUserMessageReq):
         return await _respond(request, parsed, conversations, store)
     if isinstance(parsed, ThreadsGetByIdReq):
-        return _json(items.thread(await store.get_conversation(_thread_id(parsed.params.thread_id))))
+        return _json(items.thread(await store.get_conversation(_thread_id(parsed.params.thread_id), owner=owner)))
     if isinstance(parsed, ThreadsListReq):
-        return _json(await _threads(store, parsed))
+        return _json(await _threads(store, parsed, owner))
     if isinstance(parsed, ItemsListReq):
         params = parsed.params
-        conversation = await store.get_conversation(_thread_id(params.thread_id))
+        conversation = await store.get_conversation(_thread_id(params.thread_id), owner=owner)
         limit = params.limit if params.limit is not None else items.DEFAULT_PAGE_SIZE
         return _json(items.items_page(conversation, limit=max(limit, 0), order=params.order, after=params.after))
     if isinstance(parsed, ThreadsUpdateReq):
-        renamed = await store.rename(_thread_id(parsed.params.thread_id), parsed.params.title)
+        renamed = await store.rename(_thread_id(parsed.params.thread_id), parsed.params.title, owner=owner)
         return _json(Thread(**items.thread_metadata(renamed).model_dump(), items=Page()))
     if isinstance(parsed, ThreadsDeleteReq):
-        await store.delete(_thread_id(parsed.params.thread_id))
+        await store.delete(_thread_id(parsed.params.thread_id), owner=owner)
         return _json(None)
     if isinstance(parsed, ItemsFeedbackReq):
         feedback = parsed.params
@@ -110,14 +111,16 @@ async def _respond(
     user_input: UserMessageInput = parsed.params.input
     text = items.input_text(user_input)
     thread_id = None
+    principal = principal_of(request)
     if isinstance(parsed, ThreadsAddUserMessageReq):
         thread_id = _thread_id(parsed.params.thread_id)
-        await store.get_conversation(thread_id)  # a thread that doesn't exist is a 404, not a new one
+        # A thread that doesn't exist (or is another owner's) is a 404, not a new one.
+        await store.get_conversation(thread_id, owner=principal.owner)
     turn = await conversations.start(
         text,
         conversation_id=thread_id,
         model=user_input.inference_options.model,
-        principal=principal_of(request),
+        principal=principal,
     )
     now = datetime.now(UTC)
     user_message = items.user_item(turn.user_message_id, turn.conversation_id, text, now)
@@ -129,12 +132,12 @@ async def _respond(
     )
 
 
-async def _threads(store: ConversationStore, parsed: ThreadsListReq) -> Page[Thread]:
+async def _threads(store: ConversationStore, parsed: ThreadsListReq, owner: str | None) -> Page[Thread]:
     params = parsed.params
     if params.order != "desc":
         raise InvalidRequest("threads are listed newest first only: order must be 'desc'", param="params.order")
     page = await store.list_conversations(
-        limit=params.limit if params.limit is not None else items.DEFAULT_PAGE_SIZE, cursor=params.after
+        limit=params.limit if params.limit is not None else items.DEFAULT_PAGE_SIZE, cursor=params.after, owner=owner
     )
     return Page(
         data=[Thread(**items.thread_metadata(c).model_dump(), items=Page()) for c in page.items],

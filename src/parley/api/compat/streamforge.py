@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection
 
 from parley.access.principal import principal_of
 from parley.api.compat.tether import TetherReply, tether_reply
-from parley.api.deps import ConversationChatDep, StoreDep
+from parley.api.deps import ConversationChatDep, OwnerDep, StoreDep
 from parley.api.health import VERSION
 from parley.api.input_limits import (
     CheckedJSONRoute,
@@ -198,12 +198,14 @@ class SessionHistory(BaseModel):
 
 
 @router.get("/chat/history/{session_id}")
-async def chat_history(session_id: Annotated[str, Path(max_length=128)], store: StoreDep) -> SessionHistory:
-    """The messages of the session `POST /chat` kept under `session_id`."""
+async def chat_history(
+    session_id: Annotated[str, Path(max_length=128)], store: StoreDep, owner: OwnerDep
+) -> SessionHistory:
+    """The messages of the session `POST /chat` kept under `session_id` (another owner's: none)."""
     if not is_conversation_id(session_id):  # no session can have it
         return SessionHistory(session_id=session_id, messages=[])
     try:
-        conversation = await store.get_conversation(session_id)
+        conversation = await store.get_conversation(session_id, owner=owner)
     except ConversationNotFound:
         return SessionHistory(session_id=session_id, messages=[])
     return SessionHistory(
