@@ -288,3 +288,31 @@ def test_the_agents_example_config_is_valid() -> None:
     settings = load_settings(Path(__file__).resolve().parent.parent / "examples" / "agents.toml")
     assert {agent.name for agent in settings.agents} >= {"assistant", "billing"}
     assert [server.name for server in settings.mcp_servers] == ["files"]
+
+
+def test_the_conversation_keeps_the_steps_and_the_model_sees_them_next_turn(parley: str, upstream: Upstream) -> None:
+    events = chat(parley, "calc", "six sevens, kept")
+    conversation = only(events, "message_start")[0]["conversation_id"]
+    stored = httpx.get(f"{parley}/api/conversations/{conversation}").json()["messages"]
+    user, reply = stored
+    assert (user["role"], reply["role"], reply["agent"]) == ("user", "assistant", "calc")
+    assert reply["content"].strip() == "The answer is 42"
+    call, result = reply["steps"]
+    assert call["role"] == "assistant" and call["tool_calls"][0]["function"]["name"] == "calculator"
+    assert result == {"role": "tool", "content": "42", "tool_call_id": "call_calculator_0", "name": "calculator"}
+    exported = httpx.get(f"{parley}/api/conversations/{conversation}/export?format=markdown").text
+    assert "**Tool call** `calculator`" in exported and "**Tool result** (`call_calculator_0`)" in exported
+    # The next turn's model sees the call and its result before the answer, in order.
+    with httpx.Client(base_url=parley, timeout=30) as http:
+        body = {"agent": "calc", "message": "and again?", "conversation_id": conversation}
+        assert http.post("/api/chat", json={**body, "stream": False}).status_code == 200
+    history = upstream.find("and again?").body["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant", "user"]
+
+
+def test_the_conversation_remembers_which_agent_answered(parley: str) -> None:
+    events = chat(parley, "triage", "an invoice question to remember")
+    conversation = only(events, "message_start")[0]["conversation_id"]
+    reply = httpx.get(f"{parley}/api/conversations/{conversation}").json()["messages"][1]
+    assert reply["agent"] == "billing"
+    assert reply["steps"][0]["tool_calls"][0]["function"]["name"] == "transfer_to_billing"

@@ -55,6 +55,10 @@ class MessageOut(BaseModel):
     status: Literal["complete", "cancelled", "failed", "streaming"]
     error: str | None
     created_at: datetime
+    steps: list[dict[str, object]] | None = Field(
+        default=None,
+        description="An agent's steps before this reply: assistant messages with `tool_calls`, and `tool` results.",
+    )
 
 
 class ConversationDetail(ConversationOut):

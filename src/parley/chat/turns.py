@@ -105,6 +105,8 @@ class ConversationChat:
                     finish_reason=ended.finish_reason,
                     status=ended.outcome or "cancelled",
                     error=ended.error,
+                    steps=ended.steps.messages if ended.steps else (),
+                    agent=ended.steps.agents[-1] if ended.steps else agent,
                 )
             except Exception as exc:  # the client is told (instead of message_complete); details to the log
                 log.exception(

@@ -230,7 +230,10 @@ class ConversationStore:
             rows = (await session.execute(query)).all()
             if not rows and owner is None:
                 await self._conversation(session, conversation_id)
-        seen = [(m.position, m.role, m.content, m.tool_calls, m.tool_call_id, m.status) for m in map(_message, rows)]
+        seen = [
+            (m.position, m.role, m.content, m.tool_calls, m.tool_call_id, m.status, m.steps)
+            for m in map(_message, rows)
+        ]
         return [message for _, message in _for_the_model_at(seen)]
 
     async def rename(self, conversation_id: str, title: str, *, owner: str | None = None) -> ConversationSummary:
@@ -407,10 +410,17 @@ class ConversationStore:
         finish_reason: str | None = None,
         status: FinalStatus = "complete",
         error: str | None = None,
+        steps: Sequence[ChatMessage] = (),
+        agent: str | None = None,
     ) -> None:
         """Record how a reply opened by `open_turn` ended; returns once committed. Raises
-        MessageNotStreaming if it had already ended (e.g. marked failed as abandoned)."""
+        MessageNotStreaming if it had already ended (e.g. marked failed as abandoned).
+
+        `steps`: an agent's tool calls and results that led to the reply; `agent`: the agent that
+        gave it (another than the turn's after a handoff)."""
         values = _finished_values(content, reasoning, tool_calls, usage, timing, finish_reason, status, error)
+        values["steps"] = [step.to_openai() for step in steps] or None
+        values["agent"] = inputs.clean_text_or_none(agent, 128)
         op = FinishReply(reply_id=reply_id, conversation_id=conversation_id, values=values, now=self._now())
         try:
             async with self._available():
@@ -422,9 +432,11 @@ class ConversationStore:
             self._forget(conversation_id)
             raise MessageNotStreaming(reply_id, "finished")
         if self._history is not None:
-            seen = None  # a failed reply is not shown to the model again
+            seen: list[ChatMessage] = []  # a failed reply is not shown to the model again
             if status in _HISTORY_STATUSES:
-                seen = _model_message("assistant", values["content"], values["tool_calls"], None, status)
+                seen = _model_messages(
+                    "assistant", values["content"], values["tool_calls"], None, status, values["steps"]
+                )
             self._history.finished(conversation_id, reply_id, seen)
 
     async def save_progress(self, progress: Sequence[ReplyProgress], alive: Sequence[str] = ()) -> None:
@@ -652,12 +664,17 @@ _M = _MESSAGES.c
 # What a model sees, newest first: one row a message (an empty reply, left out anyway, is not
 # read), so a limit counts exactly the messages fitting may keep.
 _ANY_OWNERS_NEWEST_FIRST = (
-    select(_M.position, _M.role, _M.content, _M.tool_calls, _M.tool_call_id, _M.status)
+    select(_M.position, _M.role, _M.content, _M.tool_calls, _M.tool_call_id, _M.status, _M.steps)
     .where(
         _M.conversation_id == bindparam("conversation"),
         _M.status.in_(_HISTORY_STATUSES),
         _M.position < bindparam("before"),
-        or_(_M.role != "assistant", _M.content != "", and_(_M.tool_calls.is_not(None), _M.status == "complete")),
+        or_(
+            _M.role != "assistant",
+            _M.content != "",
+            and_(_M.tool_calls.is_not(None), _M.status == "complete"),
+            _M.steps.is_not(None),
+        ),
     )
     .order_by(_M.position.desc())
 )
@@ -701,30 +718,37 @@ def _message(row: Row[*tuple[Any, ...]]) -> MessageRecord:
 
 
 def _for_the_model_at(rows: Iterable[Sequence[Any]]) -> list[tuple[int, ChatMessage]]:
-    """Stored messages (position, role, content, tool_calls, tool_call_id, status) as a model sees
-    them, with their positions."""
+    """Stored messages (position, role, content, tool_calls, tool_call_id, status, steps) as a model
+    sees them, with their positions (an agent's steps share their reply's)."""
     kept = []
-    for position, role, content, tool_calls, tool_call_id, status in rows:
-        message = _model_message(role, content, tool_calls, tool_call_id, status)
-        if message is not None:
+    for position, role, content, tool_calls, tool_call_id, status, steps in rows:
+        for message in _model_messages(role, content, tool_calls, tool_call_id, status, steps):
             kept.append((position, message))
     return kept
 
 
-def _model_message(
-    role: Role, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None, status: str
-) -> ChatMessage | None:
-    """A stored message as a model sees it: a reply cut short loses its tool calls (they'd have no
-    results to follow them), and an empty reply is left out (None)."""
+def _model_messages(
+    role: Role,
+    content: str,
+    tool_calls: list[dict[str, Any]] | None,
+    tool_call_id: str | None,
+    status: str,
+    steps: list[dict[str, Any]] | None,
+) -> list[ChatMessage]:
+    """A stored message as a model sees it: after the agent steps that led to it, if any (each a
+    call with its result), and left out if empty. A reply cut short loses its own tool calls
+    (they'd have no results to follow them)."""
+    messages = [ChatMessage.model_validate(step) for step in steps] if steps else []
     if status != "complete":
         tool_calls = None
     if role == "assistant" and not content and not tool_calls:
-        return None
+        return messages
     if tool_calls:
         calls = [ToolCall.model_validate(call) for call in tool_calls]
-        return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id)
-    # Checked when it was stored: built without validating again (a history can be 500 messages).
-    return ChatMessage.model_construct(role=role, content=content, tool_call_id=tool_call_id)
+        messages.append(ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id))
+    else:  # checked when it was stored: built without validating again (a history can be 500 messages)
+        messages.append(ChatMessage.model_construct(role=role, content=content, tool_call_id=tool_call_id))
+    return messages
 
 
 def _finished_values(

@@ -49,12 +49,16 @@ def _message(message: MessageRecord) -> list[str]:
     lines = [f"## {heading}", ""]
     if message.reasoning:
         lines += ["<details><summary>Reasoning</summary>", "", message.reasoning.strip(), "", "</details>", ""]
+    for step in message.steps or []:  # an agent's tool calls and their results, before its answer
+        for call in step.get("tool_calls") or []:
+            lines += _tool_call(call)
+        if step.get("role") == "tool":
+            result = _fenced(str(step.get("content")), "")
+            lines += [f"**Tool result** (`{step.get('tool_call_id', '')}`):", "", result, ""]
     if message.content:
         lines += [_fenced(message.content, "") if message.role == "tool" else message.content.strip(), ""]
     for call in message.tool_calls or []:
-        function = call.get("function", {})
-        lines.append(f"**Tool call** `{function.get('name', '')}` (`{call.get('id', '')}`):")
-        lines += ["", _fenced(_pretty_arguments(str(function.get("arguments", ""))), "json"), ""]
+        lines += _tool_call(call)
     if message.status == "cancelled":
         lines += ["> *Stopped before the reply was complete.*", ""]
     elif message.status == "failed":
@@ -64,6 +68,12 @@ def _message(message: MessageRecord) -> list[str]:
     while lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def _tool_call(call: dict[str, Any]) -> list[str]:
+    function = call.get("function", {})
+    arguments = _fenced(_pretty_arguments(str(function.get("arguments", ""))), "json")
+    return [f"**Tool call** `{function.get('name', '')}` (`{call.get('id', '')}`):", "", arguments, ""]
 
 
 def _fenced(text: str, language: str) -> str:

@@ -101,8 +101,9 @@ class HistoryCache:
         history.pending[reply_id] = user_position + 1
         history.next_position = user_position + 2
 
-    def finished(self, conversation_id: str, reply_id: str, message: ChatMessage | None) -> None:
-        """A reply was finished; `message` is what the model will see of it (None: nothing)."""
+    def finished(self, conversation_id: str, reply_id: str, messages: list[ChatMessage]) -> None:
+        """A reply was finished; `messages` are what the model will see of it (an agent's steps,
+        then the reply; none for a failed or empty one), all at the reply's position."""
         self._wrote(conversation_id)
         history = self._conversations.get(conversation_id)
         if history is None:
@@ -110,8 +111,9 @@ class HistoryCache:
         position = history.pending.pop(reply_id, None)
         if position is None:
             self.drop(conversation_id)
-        elif message is not None:
-            history.add(position, message)
+        else:
+            for message in messages:
+                history.add(position, message)
 
     def drop(self, conversation_id: str) -> None:
         self._wrote(conversation_id)

@@ -60,6 +60,7 @@ class MessageRecord:
     status: Status
     error: str | None
     created_at: datetime
+    steps: list[dict[str, Any]] | None = None  # an agent's tool calls and results before this reply
 
     def to_chat_message(self) -> ChatMessage:
         """The message as a model sees it (reasoning stays out: it is not sent back upstream)."""
@@ -84,6 +85,7 @@ class MessageRecord:
             "status": self.status,
             "error": self.error,
             "created_at": self.created_at.isoformat(),
+            "steps": self.steps,
         }
 
 

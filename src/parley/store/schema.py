@@ -124,3 +124,6 @@ class MessageRow(Base):
     created_at: Mapped[datetime]
     # Revision 0003: when a server last wrote this reply while it streamed; stale means its server died.
     saved_at: Mapped[datetime | None]
+    # Revision 0007: an agent's steps before this reply (assistant tool calls and tool results, in
+    # the OpenAI message shape), kept with the reply they led to.
+    steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))

@@ -236,6 +236,8 @@ FINISHED_COLUMNS = (
     "completion_tokens",
     "time_to_first_token_ms",
     "total_ms",
+    "steps",
+    "agent",
 )
 _LIVE = MESSAGES.c
 _STREAMING = (_LIVE.id == bindparam("reply_id"), _LIVE.status == "streaming")
