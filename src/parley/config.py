@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # /metrics on a port of its own (no key needed there); None: on the main port, admin key only.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Prometheus metrics, collected when something can read them (metrics_port, or an admin key).
+    metrics: bool = True
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
