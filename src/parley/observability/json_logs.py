@@ -68,3 +68,5 @@ def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else EscapingFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    if log_format == "json":
+        logging.captureWarnings(True)  # Python's warnings as records too, not lines of their own
