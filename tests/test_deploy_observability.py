@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # (PyYAML, with uvicorn[standard]; no stubs installed)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.server import running_parley
