@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from parley.observability import Metrics
 from tests.support.process import free_port
 from tests.support.server import running_parley
 from tests.support.upstream import PROMPT_TOKENS, TEXT_PIECES, TEXT_REPLY, Upstream, new_marker
@@ -221,3 +223,39 @@ def test_the_store_writers_batches_are_timed(parley: str) -> None:
     assert value(after, "parley_store_write_seconds_count") > value(before, "parley_store_write_seconds_count")
     assert value(after, "parley_store_writes_total") > value(before, "parley_store_writes_total")
     assert ("parley_store_queued_writes", frozenset()) in after
+
+
+# -- the families themselves, read through prometheus-client's own exposition and parser --
+
+
+def exposed(metrics: Metrics) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def test_histogram_buckets_are_cumulative_and_include_their_bound() -> None:
+    metrics = Metrics()
+    for seconds in (0.005, 0.0051, 100.0):
+        metrics.time_to_first_token.labels("m").observe(seconds)
+    samples = exposed(metrics)
+    bucket = "parley_time_to_first_token_seconds_bucket"
+    assert value(samples, bucket, model="m", le="0.005") == 1
+    assert value(samples, bucket, model="m", le="0.01") == 2
+    assert value(samples, bucket, model="m", le="30.0") == 2
+    assert value(samples, bucket, model="m", le="+Inf") == 3
+    assert value(samples, "parley_time_to_first_token_seconds_count", model="m") == 3
+    assert value(samples, "parley_time_to_first_token_seconds_sum", model="m") == pytest.approx(100.0101)
+
+
+def test_rate_limit_refusals_are_counted_by_kind_and_key_alias() -> None:
+    """The function the limits gate calls when it refuses a request."""
+    metrics = Metrics()
+    metrics.rate_limited("requests", "team-a")
+    metrics.rate_limited("requests", "team-a")
+    metrics.rate_limited("daily_tokens", "team-b")
+    samples = exposed(metrics)
+    assert value(samples, "parley_rate_limited_total", kind="requests", key="team-a") == 2
+    assert value(samples, "parley_rate_limited_total", kind="daily_tokens", key="team-b") == 1

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from parley.access.principal import Principal
 from parley.chat.run import Run
 from parley.models.base import ChatRequest
 from parley.models.registry import ModelEntry
+from parley.observability.families import Buckets, Value
 from parley.observability.metrics import Metrics
 
 # The generation the current request began (its model and tokens go on its JSON access line).
@@ -29,14 +28,14 @@ class _Observed:
     def __init__(self, metrics: Metrics | None, model: str, alias: str) -> None:
         self._metrics = metrics
         self._model = model
-        self._outcomes: dict[str, Counter] = {}
-        self._in_progress: Gauge | None = None
+        self._outcomes: dict[str, Value] = {}
+        self._in_progress: Value | None = None
         if metrics is not None:
             self._in_progress = metrics.streams_in_progress.labels(model)
-            self._ttft: Histogram = metrics.time_to_first_token.labels(model)
-            self._duration: Histogram = metrics.generation_duration.labels(model)
-            self._prompt: Counter = metrics.prompt_tokens.labels(model, alias)
-            self._completion: Counter = metrics.completion_tokens.labels(model, alias)
+            self._ttft: Buckets = metrics.time_to_first_token.labels(model)
+            self._duration: Buckets = metrics.generation_duration.labels(model)
+            self._prompt: Value = metrics.prompt_tokens.labels(model, alias)
+            self._completion: Value = metrics.completion_tokens.labels(model, alias)
 
     def attach(self, run: Run) -> None:
         request_run.set(run)

@@ -3,19 +3,19 @@
 Every label set is bounded by something an operator controls: route templates (never raw
 paths), models from the configuration, key aliases from the admin's keys, and small fixed
 vocabularies (status codes, outcome, failure kind). Children are looked up by a tuple in a
-dict of our own, so a request costs a dict lookup and the updates themselves, not the
-client library's label validation and locking.
+dict of our own, so a request costs a dict lookup and the updates themselves (see `families`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from parley.models.registry import ModelRegistry
+from parley.observability.families import Buckets, CounterFamily, GaugeFamily, HistogramFamily, Value
 
 # What a request's `method` label may be; anything else (a client may send any token) is OTHER.
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -31,74 +31,75 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 class _HttpChildren:
     __slots__ = ("duration", "requests")
 
-    def __init__(self, requests: Counter, duration: Histogram) -> None:
+    def __init__(self, requests: Value, duration: Buckets) -> None:
         self.requests = requests
         self.duration = duration
 
 
 class Metrics:
-    """The metrics of one app. Others report through its small methods; `registry` is scraped."""
+    """The metrics of one app. Others report through its small methods; `registry` is scraped.
+
+    All but `queue_waited` are called on the event loop's thread (see `families`).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self._http_requests = Counter(
+        self._http_requests = CounterFamily(
+            registry,
             "parley_http_requests",
             "HTTP requests answered, by route template, method and status code.",
             ["route", "method", "status"],
-            registry=registry,
         )
-        self._http_duration = Histogram(
+        self._http_duration = HistogramFamily(
+            registry,
             "parley_http_request_duration_seconds",
             "Time from a request's arrival to the end of its response (a stream's whole length).",
             ["route"],
             buckets=DURATION_BUCKETS,
-            registry=registry,
         )
-        self.streams_in_progress = Gauge(
-            "parley_streams_in_progress", "Generations running now, by model.", ["model"], registry=registry
+        self.streams_in_progress = GaugeFamily(
+            registry, "parley_streams_in_progress", "Generations running now, by model.", ["model"]
         )
-        self.generations = Counter(
+        self.generations = CounterFamily(
+            registry,
             "parley_generations",
             "Generations ended, by model and outcome (complete, cancelled, failed).",
             ["model", "outcome"],
-            registry=registry,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = HistogramFamily(
+            registry,
             "parley_time_to_first_token_seconds",
             "Time from a generation's start to its first text, reasoning or tool call.",
             ["model"],
             buckets=TTFT_BUCKETS,
-            registry=registry,
         )
-        self.generation_duration = Histogram(
+        self.generation_duration = HistogramFamily(
+            registry,
             "parley_generation_duration_seconds",
             "A generation's whole length.",
             ["model"],
             buckets=DURATION_BUCKETS,
-            registry=registry,
         )
-        self.prompt_tokens = Counter(
-            "parley_prompt_tokens", "Prompt tokens, by model and key alias.", ["model", "key"], registry=registry
+        self.prompt_tokens = CounterFamily(
+            registry, "parley_prompt_tokens", "Prompt tokens, by model and key alias.", ["model", "key"]
         )
-        self.completion_tokens = Counter(
-            "parley_completion_tokens",
-            "Completion tokens, by model and key alias.",
-            ["model", "key"],
-            registry=registry,
+        self.completion_tokens = CounterFamily(
+            registry, "parley_completion_tokens", "Completion tokens, by model and key alias.", ["model", "key"]
         )
-        self._upstream_errors = Counter(
+        self._upstream_errors = CounterFamily(
+            registry,
             "parley_upstream_errors",
             "Failed calls to an upstream model server, by model and kind.",
             ["model", "kind"],
-            registry=registry,
         )
-        self._rate_limited = Counter(
+        self._rate_limited = CounterFamily(
+            registry,
             "parley_rate_limited",
             "Requests refused by a rate limit or budget, by kind and key alias.",
             ["kind", "key"],
-            registry=registry,
         )
+        # Observed on a local model's engine thread: prometheus-client's own, thread-safe histogram.
         self._queue_wait = Histogram(
             "parley_local_queue_wait_seconds",
             "Time a local model's request waited for a decoding slot.",
@@ -106,18 +107,16 @@ class Metrics:
             buckets=QUEUE_BUCKETS,
             registry=registry,
         )
-        self._store_writes = Histogram(
+        self._store_writes = HistogramFamily(
+            registry,
             "parley_store_write_seconds",
             "Time the store's writer took to apply and commit one batch of writes.",
             buckets=STORE_BUCKETS,
-            registry=registry,
-        )
-        self._store_ops = Counter(
-            "parley_store_writes", "Writes applied by the store's batching writer.", registry=registry
-        )
+        ).labels()
+        self._store_ops = CounterFamily(
+            registry, "parley_store_writes", "Writes applied by the store's batching writer."
+        ).labels()
         self._http: dict[tuple[str, str, int], _HttpChildren] = {}
-        self._counters: dict[tuple[object, ...], Counter] = {}
-        self._histograms: dict[tuple[object, ...], Histogram] = {}
 
     # -- reported by the request edge ------------------------------------------------------------
 
@@ -130,39 +129,25 @@ class Metrics:
             children = self._http[key] = _HttpChildren(
                 self._http_requests.labels(route, method, str(status)), self._http_duration.labels(route)
             )
-        children.requests.inc()
+        children.requests.value += 1
         children.duration.observe(seconds)
 
     # -- reported by other parts (small functions, cheap to call) ---------------------------------
 
     def rate_limited(self, kind: str, key_alias: str = "open") -> None:
         """A request refused by a limit: `kind` is the limit's name (requests, tokens, streams, ...)."""
-        self._counter(self._rate_limited, kind, key_alias).inc()
+        self._rate_limited.labels(kind, key_alias).inc()
 
     def upstream_failed(self, model: str, kind: str) -> None:
-        self._counter(self._upstream_errors, model, kind).inc()
+        self._upstream_errors.labels(model, kind).inc()
 
     def queue_waited(self, model: str, seconds: float) -> None:
-        """Called from a local model's engine thread (prometheus-client's updates are thread-safe)."""
-        self._histogram(self._queue_wait, model).observe(seconds)
+        """Called from a local model's engine thread."""
+        self._queue_wait.labels(model).observe(seconds)
 
     def store_wrote(self, writes: int, seconds: float) -> None:
         self._store_writes.observe(seconds)
         self._store_ops.inc(writes)
-
-    def _counter(self, family: Counter, *labels: str) -> Counter:
-        key = (id(family), *labels)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = family.labels(*labels)
-        return child
-
-    def _histogram(self, family: Histogram, *labels: str) -> Histogram:
-        key = (id(family), *labels)
-        child = self._histograms.get(key)
-        if child is None:
-            child = self._histograms[key] = family.labels(*labels)
-        return child
 
     # -- read at scrape time -----------------------------------------------------------------------
 
