@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from parley.config import ConfigError, load_settings
 from parley.observability import Metrics
 from tests.support.process import free_port
 from tests.support.server import running_parley
@@ -259,3 +260,8 @@ def test_rate_limit_refusals_are_counted_by_kind_and_key_alias() -> None:
     samples = exposed(metrics)
     assert value(samples, "parley_rate_limited_total", kind="requests", key="team-a") == 2
     assert value(samples, "parley_rate_limited_total", kind="daily_tokens", key="team-b") == 1
+
+
+def test_a_metrics_port_equal_to_the_port_is_refused_at_startup() -> None:
+    with pytest.raises(ConfigError, match="metrics_port must differ from port"):
+        load_settings(port=9100, metrics_port=9100)

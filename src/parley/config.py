@@ -192,6 +192,12 @@ class Settings(BaseSettings):
             self.agents.append(AgentConfig(name=DEFAULT_AGENT))
         return self
 
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port (both are {self.port})")
+        return self
+
     @property
     def default_model(self) -> str:
         return self.models[0].name
