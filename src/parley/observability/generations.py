@@ -65,8 +65,8 @@ class _Observed:
 
 
 class GenerationGate:
-    """A Gate that refuses nothing: it counts generations (with `metrics`) and remembers each
-    request's generation for its access line (with `remember`)."""
+    """A Gate that refuses nothing: it counts generations (when `metrics` are collected) and
+    remembers each request's generation, for the model and tokens of its JSON access line."""
 
     def __init__(self, metrics: Metrics | None) -> None:
         self._metrics = metrics
