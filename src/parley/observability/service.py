@@ -53,6 +53,11 @@ class Observability:
             self._server = None
         self.metrics = None
 
+    def rate_limited(self, kind: str, key_alias: str) -> None:
+        """For the limits gate: count a refusal (nothing when metrics are off)."""
+        if self.metrics is not None:
+            self.metrics.rate_limited(kind, key_alias)
+
     def request_ended(self, scope: Scope, status: int, seconds: float) -> None:
         """The request edge's report of each HTTP request (see RequestContextMiddleware)."""
         metrics = self.metrics
