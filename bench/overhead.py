@@ -17,6 +17,10 @@ Targets: at 64 streams Parley keeps at least 40% of the direct throughput, and a
 With `--baseline DIR` (the `src` folder of another checkout, e.g. a `git worktree` of an older
 commit) a second Parley runs that code with this environment, measured in the same windows,
 interleaved: a change's cost, side by side in one run.
+
+With `--metrics` another Parley runs with Prometheus metrics on (served on a `metrics_port` of its
+own, so no key is needed), measured in the same windows next to the first, which has them off;
+its /metrics is read at the end, to show that it counted every request.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from bench.harness import (
     Request,
     Throughput,
     fake_upstream,
+    free_port,
     load_average,
     parley_server,
     percentile,
@@ -127,10 +132,10 @@ async def bench(
     args: argparse.Namespace,
     upstream: tuple[int, int],
     parley: tuple[int, int],
-    baseline: tuple[int, int] | None = None,
+    others: list[tuple[str, tuple[int, int]]],
 ) -> int:
     direct_url = f"http://127.0.0.1:{upstream[0]}"
-    servers = [("parley", parley)] + ([("baseline", baseline)] if baseline is not None else [])
+    servers = [("parley", parley), *others]
     urls = {"direct": direct_url} | {name: f"http://127.0.0.1:{port}" for name, (port, _) in servers}
     for url in urls.values():
         await check_reply(url, args.chunks)
@@ -232,7 +237,23 @@ async def bench(
     )
     for verdict in verdicts:
         print(verdict)
+    if args.metrics_port is not None:
+        print(await counted_requests(args.metrics_port))
     return 0
+
+
+async def counted_requests(metrics_port: int) -> str:
+    """What the Parley with metrics on counted on the benchmarked route, from its own /metrics."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{metrics_port}/metrics") as reply:
+        text = await reply.text()
+    counted = re.search(r'parley_http_requests_total\{[^}]*route="/v1/chat/completions"[^}]*status="200"\} (\S+)', text)
+    tokens = re.search(r'parley_completion_tokens_total\{[^}]*model="bench"[^}]*\} (\S+)', text)
+    if counted is None or tokens is None:
+        raise BenchError(f"the metrics Parley did not count the benchmark's requests: {text[:500]!r}")
+    return (
+        f"metrics: the metrics Parley counted {float(counted[1]):.0f} requests "
+        f"and {float(tokens[1]):.0f} completion tokens"
+    )
 
 
 def main() -> int:
@@ -246,23 +267,32 @@ def main() -> int:
     parser.add_argument("--ttft-requests", type=int, default=400, help="TTFT samples per side (default 400)")
     parser.add_argument("--ttft-max-seconds", type=float, default=20.0, help="TTFT time cap (default 20)")
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
+    parser.add_argument("--metrics", action="store_true", help="also a Parley with metrics on, side by side")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.serve_upstream:
         uvloop.run(serve_upstream(args.chunks))
         return 0
+    # With --metrics, the first Parley has them off for sure, whatever the environment holds.
+    metrics_off = "metrics = false\n" if args.metrics else ""
     with (
         tempfile.TemporaryDirectory(prefix="parley-bench-") as workdir,
         fake_upstream(args.chunks) as upstream,
-        parley_server(upstream[0], Path(workdir) / "parley") as parley,
+        parley_server(upstream[0], Path(workdir) / "parley", settings=metrics_off) as parley,
         contextlib.ExitStack() as others,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
-        baseline = None
+        compared: list[tuple[str, tuple[int, int]]] = []
         if args.baseline is not None:
             baseline = others.enter_context(parley_server(upstream[0], Path(workdir) / "baseline", args.baseline))
-        return runner.run(bench(args, upstream, parley, baseline))
+            compared.append(("baseline", baseline))
+        args.metrics_port = free_port() if args.metrics else None
+        if args.metrics_port is not None:
+            settings = f"metrics_port = {args.metrics_port}\n"
+            metrics = others.enter_context(parley_server(upstream[0], Path(workdir) / "metrics", settings=settings))
+            compared.append(("metrics", metrics))
+        return runner.run(bench(args, upstream, parley, compared))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,15 @@ from parley.chat.turns import ConversationChat
 from parley.config import Settings
 from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
+from parley.observability import Observability
+from parley.observability.exposition import router as metrics_router
 from parley.store import default_database_url, open_store
 from parley.tools.registry import ToolRegistry
 
 
 def create_app(settings: Settings) -> FastAPI:
     lifecycle = Lifecycle()
+    observability = Observability(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = store
         app.state.chat = chat
         app.state.conversation_chat = ConversationChat(chat, store, autosave)
+        await observability.start(chat, registry, store)
         # Models load in the background: /health answers at once, /ready says when they are up.
         loading = asyncio.create_task(registry.load_all())
         try:
@@ -57,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            await observability.aclose()
             await registry.aclose()
             await tools.aclose()
             await autosave.aclose()
@@ -81,7 +86,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tether.router)
     app.include_router(chatkit_tutor.router)
     app.include_router(chatkit.router)
+    app.include_router(metrics_router)
     app.state.lifecycle = lifecycle
+    app.state.observability = observability
     install_error_handlers(app)
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
@@ -89,5 +96,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(AccessMiddleware)  # who is calling: decided once, before any route
     # Cross-site browser requests refused; listed origins through Starlette's CORSMiddleware.
     app.add_middleware(CrossSiteGuard, cors_origins=settings.cors_origins)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    observer = observability if observability.wanted else None
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, observer=observer)
     return app

@@ -43,14 +43,6 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def _configure_logging(level: str) -> None:
-    from parley.logs import EscapingFormatter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-
-
 @app.command()
 def serve(
     config: Annotated[
@@ -61,6 +53,7 @@ def serve(
 ) -> None:
     """Start the server. With no config, it serves the bundled SmolLM2 model."""
     from parley.app import create_app
+    from parley.observability.json_logs import configure_logging
     from parley.serving import serve as serve_app
 
     try:
@@ -68,9 +61,12 @@ def serve(
     except ConfigError as exc:
         errors.print(f"[red]Invalid configuration:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     models = ", ".join(f"{m.name} ({m.provider})" for m in settings.models)
-    errors.print(f"Parley on http://{settings.host}:{settings.port} — models: {models}", highlight=False)
+    if settings.log_format == "json":  # every line a JSON object, the banner too
+        logging.getLogger("parley").info("Parley on http://%s:%d; models: %s", settings.host, settings.port, models)
+    else:
+        errors.print(f"Parley on http://{settings.host}:{settings.port} — models: {models}", highlight=False)
     app = create_app(settings)
     _tune_garbage_collector()
     serve_app(app, settings)

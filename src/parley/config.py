@@ -204,6 +204,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # /metrics on a port of its own (no key needed there); None: on the main port, admin key only.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Prometheus metrics, collected when something can read them (metrics_port, or an admin key).
+    metrics: bool = True
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -220,6 +222,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(unknown)}")
         if all(agent.name != DEFAULT_AGENT for agent in self.agents):
             self.agents.append(AgentConfig(name=DEFAULT_AGENT))
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port (both are {self.port})")
         return self
 
     @property

@@ -84,6 +84,31 @@ class RateLimited(ParleyError):
     code = "rate_limited"
 
 
+class AuthenticationRequired(ParleyError):
+    """No API key was sent (or none that Parley knows): 401, with `WWW-Authenticate`."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="parley"'}, **kwargs)
+
+
+class AdminOnly(ParleyError):
+    """A key was sent, but what was asked for needs the admin key."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_key_required"
+
+
+class NotFound(ParleyError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
 class ServerShuttingDown(ParleyError):
     """The server is stopping: new work is refused, and work past the grace period is ended."""
 

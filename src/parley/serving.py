@@ -71,6 +71,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # Parley logs one line per request itself, with its request id
+        # JSON logs: uvicorn's own records go through Parley's handler too, not uvicorn's text format.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=_AFTER_DRAIN_SECONDS,
         # Nothing in Parley reads the client's address yet, so uvicorn's rewriting of it from
         # X-Forwarded-For (a middleware layer every request passes) is off.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Protocol
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +24,11 @@ CLIENT_CLOSED = 499  # logged for a request whose client went away before it was
 errors_log = logging.getLogger("parley.errors")
 
 
+class RequestObserver(Protocol):
+    def request_ended(self, scope: Scope, status: int, seconds: float) -> None:
+        """An HTTP request was answered (or its client left: status 499) after `seconds`."""
+
+
 class RequestContextMiddleware:
     """The outermost of Parley's middleware: ids, the access log line, the body limit, and the 500.
 
@@ -32,9 +38,10 @@ class RequestContextMiddleware:
     then closes it). WebSocket connections get an id too.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, observer: RequestObserver | None = None) -> None:
         self._app = app
         self._max_body_bytes = max_body_bytes
+        self._observer = observer  # (metrics) None: nothing to do per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,14 +79,19 @@ class RequestContextMiddleware:
                     await _send_error(send_with_id, error)
                 # else the response had started (a stream): it stays incomplete, and uvicorn ends the connection.
         finally:
-            log.info(
-                "%s %s %s %d %.1fms",
-                request_id,
-                scope["method"],
-                printable(scope["path"]),
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            seconds = time.perf_counter() - started
+            if self._observer is not None:
+                self._observer.request_ended(scope, status, seconds)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "%s %s %s %d %.1fms",
+                    request_id,
+                    scope["method"],
+                    printable(scope["path"]),
+                    status,
+                    seconds * 1000,
+                    extra={"access": (scope, status, seconds * 1000)},  # for JSON lines' fields
+                )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = client_request_id(dict(scope["headers"]).get(b"x-request-id")) or unique_hex()
@@ -100,13 +112,16 @@ class RequestContextMiddleware:
         try:
             await self._app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "%s WEBSOCKET %s %s %.1fms",
-                request_id,
-                printable(scope["path"]),
-                "-" if close_code is None else close_code,
-                (time.perf_counter() - started) * 1000,
-            )
+            if log.isEnabledFor(logging.INFO):
+                milliseconds = (time.perf_counter() - started) * 1000
+                log.info(
+                    "%s WEBSOCKET %s %s %.1fms",
+                    request_id,
+                    printable(scope["path"]),
+                    "-" if close_code is None else close_code,
+                    milliseconds,
+                    extra={"access": (scope, 0 if close_code is None else close_code, milliseconds)},
+                )
 
     async def _limit_body(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[str | None, Receive]:
         limit = self._max_body_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -95,6 +95,14 @@ def estimate_tokens(text: str) -> int:
     return (ascii_chars + 3) // 4 + len(text) - ascii_chars
 
 
+class ModelListener(Protocol):
+    """Hears what a model's provider notices (for metrics): upstream failures, queue waits."""
+
+    def upstream_failed(self, model: str, kind: str) -> None: ...
+
+    def queue_waited(self, model: str, seconds: float) -> None: ...
+
+
 class Model(ABC):
     """A chat model. `stream()` yields batches of typed events and stops its generation when closed."""
 
@@ -107,6 +115,11 @@ class Model(ABC):
         # Set by providers that can tell from the model itself (its chat template) that it
         # writes gpt-oss Harmony; others are detected from their first tokens.
         self.template_is_harmony = False
+        self.listener: ModelListener | None = None
+
+    def queued(self) -> int | None:
+        """Requests waiting for this model's turn; None: it has no queue of its own."""
+        return None
 
     async def load(self) -> None:  # noqa: B027 - most providers have nothing to load
         """Get ready to serve (load weights, open connections). Called once, off the request path."""

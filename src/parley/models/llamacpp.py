@@ -158,6 +158,10 @@ class LlamaCppModel(Model):
             self.context_size,
         )
 
+    def queued(self) -> int | None:
+        engine = self._engine
+        return 0 if engine is None else engine.queued()
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self._prep.shutdown, True)  # a load still running ends first
         engine, self._engine = self._engine, None
@@ -258,6 +262,8 @@ class LlamaCppModel(Model):
         """Called on the engine thread as each generation ends, before its request sees the end."""
         self.generations += 1
         self.completion_tokens_total += report.completion_tokens
+        if self.listener is not None:
+            self.listener.queue_waited(self.name, report.waited)
         prompt_ms = (report.first_token - report.started) * 1000 if report.first_token is not None else None
         rate = report.tokens_per_second
         log.info(

@@ -47,6 +47,7 @@ class GenerationReport:
     cached_tokens: int = 0  # prompt tokens whose KV state was reused, not evaluated
     evaluated_tokens: int = 0  # tokens this generation put through llama_decode
     decoded_total: int = 0  # llama.cpp's own count of tokens its context decoded, at the end
+    waited: float = 0.0  # seconds between its submission and the engine taking it
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -70,6 +71,7 @@ class Generation:
     repeat_penalty: float = 1.0  # 1: none
     events: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = 0.0  # time.monotonic() when submitted
     # Written by the engine thread only.
     started: float = 0.0
     completion_tokens: int = 0
@@ -154,6 +156,7 @@ class BatchEngine:
         self._thread.start()
 
     def submit(self, generation: Generation) -> None:
+        generation.submitted = time.monotonic()
         with self._wake:
             if self._closing:
                 raise ModelNotReady(f"model {self._name!r} is not loaded")
@@ -349,6 +352,7 @@ class BatchEngine:
                 generation.cached_tokens,
                 generation.evaluated_tokens,
                 perf.n_p_eval + perf.n_eval,
+                generation.started - generation.submitted,
             )
         )
         generation.emit(END)  # after the report is logged, so a request never ends before its log line

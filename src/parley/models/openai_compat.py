@@ -22,11 +22,15 @@ from parley.errors import (
     UpstreamTimeout,
 )
 from parley.events import EventBatch, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
-from parley.logs import current_request_id, printable
+from parley.logs import NO_REQUEST, current_request_id, printable
 from parley.models.base import ChatRequest, Model
 from parley.models.sse_decoder import SSEDecodeError, SSEDecoder
 
 UNREADABLE = "the upstream sent a reply Parley could not read"
+UNREACHABLE = "the upstream could not be reached"
+BROKE_OFF = "the upstream closed the connection before the reply was finished"
+ERROR_EVENT = "the upstream failed during the reply"
+CUT_SHORT = "the upstream stream ended before the reply was finished"
 
 # What of an upstream's refusal may reach the client: plain names, never free text.
 _CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -117,7 +121,10 @@ class OpenAICompatModel(Model):
         if self._session is None:
             raise UpstreamError(f"model {self.name!r} is not loaded")
         try:
-            async with self._session.post(self._url, data=self._body(request)) as response:
+            request_id = current_request_id()
+            # The request's id goes upstream, so the upstream's own logs can be matched with Parley's.
+            headers = None if request_id == NO_REQUEST else {"x-request-id": request_id}
+            async with self._session.post(self._url, data=self._body(request), headers=headers) as response:
                 if response.status != 200:
                     body = await response.read()
                     raise _status_error(self.name, response.status, body, response.headers.get("Retry-After"))
@@ -161,11 +168,9 @@ class OpenAICompatModel(Model):
         if isinstance(exc, SSEDecodeError):
             return UpstreamError(UNREADABLE, detail=str(exc))
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError("the upstream could not be reached", detail=f"could not be reached: {what}")
+            return UpstreamError(UNREACHABLE, detail=f"could not be reached: {what}")
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-            return UpstreamError(
-                "the upstream closed the connection before the reply was finished", detail=f"broke off: {what}"
-            )
+            return UpstreamError(BROKE_OFF, detail=f"broke off: {what}")
         return UpstreamError("the upstream failed", detail=f"failed: {what}")
 
     def _log_failure(self, error: ParleyError) -> None:
@@ -173,6 +178,34 @@ class OpenAICompatModel(Model):
         level = logging.INFO if error.status_code < 500 else logging.WARNING
         detail = printable(error.detail or error.message)
         log.log(level, "%s upstream %r %s [%s]", current_request_id(), self.name, detail, self._where)
+        if self.listener is not None:
+            self.listener.upstream_failed(self.name, failure_kind(error))
+
+
+# The kinds of upstream failure metrics count, by the message Parley wrote for each.
+_KIND_BY_MESSAGE = {
+    UNREACHABLE: "unreachable",
+    BROKE_OFF: "disconnected",
+    CUT_SHORT: "disconnected",
+    ERROR_EVENT: "error_event",
+    UNREADABLE: "unreadable",
+}
+
+
+def failure_kind(error: ParleyError) -> str:
+    """A small, fixed vocabulary: timeout, rate_limited, rejected, auth, not_found, unreachable,
+    disconnected, error_event, unreadable or server_error."""
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, RateLimited):
+        return "rate_limited"
+    if isinstance(error, InvalidRequest):
+        return "rejected"
+    if error.code == "upstream_auth_failed":
+        return "auth"
+    if error.code == "upstream_not_found":
+        return "not_found"
+    return _KIND_BY_MESSAGE.get(error.message, "server_error")
 
 
 class _StreamState:
@@ -228,9 +261,7 @@ class _StreamState:
     def _chunk(self, chunk: dict[str, Any], events: list[StreamEvent]) -> None:
         # One function for the whole chunk, not one per level: this runs for every token.
         if chunk.get("error"):
-            raise UpstreamError(
-                "the upstream failed during the reply", detail=f"sent an error: {_error_message(chunk)}"
-            )
+            raise UpstreamError(ERROR_EVENT, detail=f"sent an error: {_error_message(chunk)}")
         try:
             choices = chunk.get("choices")
             if choices:
@@ -260,7 +291,7 @@ class _StreamState:
         # Some servers send [DONE] without a finish_reason; without either, the reply was cut.
         if self._finish is None and not self.done:
             raise UpstreamError(
-                "the upstream stream ended before the reply was finished",
+                CUT_SHORT,
                 detail="ended its stream with neither a finish_reason nor [DONE]",
             )
         return [Finish(self._finish or "stop")]

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -123,6 +123,10 @@ class ConversationStore:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    def observe_writes(self, observe: Callable[[int, float], None]) -> None:
+        """Tell `observe` of each batch of writes committed: (writes in it, seconds it took)."""
+        self._batches.observe = observe
 
     @property
     def queued_writes(self) -> int:

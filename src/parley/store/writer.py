@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -58,6 +59,8 @@ class BatchWriter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[WriteOp[Any], asyncio.Future[Any]] | None] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
+        # Told of each committed batch: (writes in it, seconds its transaction took).
+        self.observe: Callable[[int, float], None] | None = None
 
     async def submit(self, op: WriteOp[T]) -> T:
         """Queue `op` and return its result once its transaction has committed."""
@@ -100,6 +103,7 @@ class BatchWriter:
                 return
 
     async def _apply(self, batch: list[tuple[WriteOp[Any], asyncio.Future[Any]]]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._in_one_transaction([op for op, _ in batch])
         except Exception as exc:
@@ -110,6 +114,8 @@ class BatchWriter:
             for item in batch:
                 await self._apply([item])
             return
+        if self.observe is not None:
+            self.observe(len(batch), time.perf_counter() - started)
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
 
