@@ -45,7 +45,10 @@ async def _text(answer: Answer, text: str) -> None:
 
 
 def _results(body: dict[str, Any]) -> list[str]:
-    return [str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "tool"]
+    """The tool results of this turn (those after the newest user message)."""
+    messages = body.get("messages", [])
+    newest_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return [str(m.get("content")) for m in messages[newest_user + 1 :] if m.get("role") == "tool"]
 
 
 def _system(body: dict[str, Any]) -> str:
@@ -87,7 +90,7 @@ async def _recover(answer: Answer, body: dict[str, Any]) -> None:
     """Calls the first tool it is offered whose name ends with `target`, then reports what came back."""
     results = _results(body)
     if not results:
-        target = body.get("messages", [])[-1].get("content", "")
+        target = [m for m in body.get("messages", []) if m.get("role") == "user"][-1].get("content", "")
         name = next(name for name in _tool_names(body) if name.endswith(str(target).split(" ")[0]))
         arguments = str(target).split(" ", 1)[1] if " " in str(target) else "{}"
         await _calls(answer, [(name, arguments)])
