@@ -19,12 +19,16 @@ from parley.api.error_handlers import error_response
 from parley.api.input_limits import loads_object
 from parley.api.openai_wire import ChatCompletionBody, ChunkEncoder, completion
 from parley.api.streaming import collect_unless_disconnected, stream_run
+from parley.config import DEFAULT_AGENT, AgentConfig
 from parley.models.registry import ModelState
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
-AGENT_PREFIX = "agent:"  # `/v1/models` lists agents as `agent:NAME`, and a request's `model` names one so
+AGENT_PREFIX = "agent:"
+IMPLICIT_DEFAULT_AGENT = AgentConfig(
+    name=DEFAULT_AGENT
+)  # `/v1/models` lists agents as `agent:NAME`, and a request's `model` names one so
 
 
 class ChatCompletionsRoute:
@@ -161,5 +165,6 @@ async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]
             "ready": ready.get(agent.model or registry.default_name, False),
         }
         for agent in request.app.state.chat.agents()
+        if agent != IMPLICIT_DEFAULT_AGENT  # (the default model itself, under another name)
     ]
     return {"object": "list", "data": [*models, *agents]}
