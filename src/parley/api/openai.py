@@ -25,10 +25,8 @@ from parley.models.registry import ModelState
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
-AGENT_PREFIX = "agent:"
-IMPLICIT_DEFAULT_AGENT = AgentConfig(
-    name=DEFAULT_AGENT
-)  # `/v1/models` lists agents as `agent:NAME`, and a request's `model` names one so
+AGENT_PREFIX = "agent:"  # `/v1/models` lists agents as `agent:NAME`, and a request's `model` names one so
+IMPLICIT_DEFAULT_AGENT = AgentConfig(name=DEFAULT_AGENT)
 
 
 class ChatCompletionsRoute:
