@@ -16,7 +16,7 @@ from parley.access.principal import KeyLimits, Principal
 from parley.chat.admission import Gate
 from parley.chat.run import Run
 from parley.chat.service import ChatService
-from parley.config import FakeConfig, ModelLimits
+from parley.config import FakeConfig, ModelConfig, ModelLimits
 from parley.errors import RateLimited
 from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.models.registry import ModelRegistry, ModelState
@@ -47,7 +47,7 @@ async def instances(request: pytest.FixtureRequest) -> AsyncIterator[Instances]:
             lease: float = 30.0,
             extra_gates: Sequence[Gate] = (),
         ) -> list[ChatService]:
-            configs = [
+            configs: list[ModelConfig] = [
                 FakeConfig(name=name, provider="fake", limits=(models or {}).get(name)) for name in ("echo", "other")
             ]
             limits = {name: KeyLimits(**value.model_dump()) for name, value in (models or {}).items()}
@@ -122,10 +122,9 @@ async def test_concurrent_requests_cannot_overrun_a_token_budget(instances: Inst
     later = await asyncio.gather(
         *(outcome(servers[i % 2], caller, body=request("just say", max_tokens=42)) for i in range(3))
     )
-    assert all(isinstance(r, Run) for r in later)
-    for run in later:
-        assert isinstance(run, Run)
-        await finish(run)
+    for result in later:
+        assert isinstance(result, Run)
+        await finish(result)
 
 
 async def test_tokens_per_minute_reserve_max_tokens_and_refuse_a_request_larger_than_the_limit(
