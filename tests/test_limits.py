@@ -105,13 +105,13 @@ async def test_a_key_limited_to_10_requests_a_minute_gets_exactly_10_of_30(insta
 
 async def test_concurrent_requests_cannot_overrun_a_token_budget(instances: Instances) -> None:
     servers = await instances(2)
-    # Each request reserves its prompt (4 + 4 tokens estimated) and its max_tokens (42): 50.
+    # Each request reserves its prompt (2 + 4 tokens estimated) and its max_tokens (42): 48.
     caller = key("k-budget", daily_tokens=320)
     results = await asyncio.gather(
         *(outcome(servers[i % 2], caller, body=request("just say", max_tokens=42)) for i in range(24))
     )
     runs = [r for r in results if isinstance(r, Run)]
-    assert len(runs) == 6  # 6 x 50 = 300 <= 320 < 7 x 50, however the requests interleaved
+    assert len(runs) == 6  # 6 x 48 = 288 <= 320 < 7 x 48, however the requests interleaved
     refused = [r for r in results if isinstance(r, RateLimited)]
     assert {r.code for r in refused} == {"daily_budget_exceeded"}
     assert int(refused[0].headers["Retry-After"]) <= 86400
