@@ -50,8 +50,10 @@ def model_limits(models: Iterable[ModelConfig]) -> dict[str, KeyLimits]:
 class LimitGate:
     def __init__(self, counters: Counters, model_limits: dict[str, KeyLimits], *, reserve_tokens: int) -> None:
         self._counters = counters
-        self._model_limits = model_limits
+        self._model_scopes = {name: LimitedScope(f"model:{name}", limits) for name, limits in model_limits.items()}
+        self._key_scopes: dict[str, LimitedScope] = {}  # built once per key (and again if its limits change)
         self._reserve_tokens = reserve_tokens
+        self._periods = ("", "", 0.0, 0.0)  # today's and this month's names, when each ends (epoch seconds)
 
     async def admit(self, principal: Principal, entry: ModelEntry, request: ChatRequest) -> _Reservation | None:
         scopes = self._scopes(principal, entry.config.name)
@@ -60,9 +62,13 @@ class LimitGate:
         prompt = reply = 0
         if any(_counts_tokens(scope.limits) for scope in scopes):
             prompt, reply = self.estimate(entry, request)
-        tokens = prompt + reply
-        day, month, until_next_day, until_next_month = budget_periods(time.time())
-        ask = Ask(scopes, tokens, unique_hex(), day, month, until_next_day, until_next_month)
+        now = time.time()
+        day, month, day_ends, month_ends = self._periods
+        if now >= day_ends:
+            day, month, until_next_day, until_next_month = budget_periods(now)
+            day_ends, month_ends = now + until_next_day, now + until_next_month
+            self._periods = (day, month, day_ends, month_ends)
+        ask = Ask(scopes, prompt + reply, unique_hex(), day, month, day_ends - now, month_ends - now)
         verdict = await self._counters.reserve(ask)
         add_rate_limit_headers(_headers(ask, verdict))
         if verdict.refusal is not None:
@@ -70,12 +76,13 @@ class LimitGate:
         return _Reservation(self._counters, ask, verdict.window, prompt)
 
     def _scopes(self, principal: Principal, model: str) -> tuple[LimitedScope, ...]:
-        key_limits = principal.limits if principal.key_id is not None and principal.limits.any else None
-        limits = self._model_limits.get(model)
-        if key_limits is None:
-            return () if limits is None else (LimitedScope(f"model:{model}", limits),)
-        key = LimitedScope(f"key:{principal.key_id}", key_limits)
-        return (key,) if limits is None else (key, LimitedScope(f"model:{model}", limits))
+        model_scope = self._model_scopes.get(model)
+        if principal.key_id is None or not principal.limits.any:
+            return () if model_scope is None else (model_scope,)
+        key_scope = self._key_scopes.get(principal.key_id)
+        if key_scope is None or key_scope.limits != principal.limits:
+            key_scope = self._key_scopes[principal.key_id] = LimitedScope(f"key:{principal.key_id}", principal.limits)
+        return (key_scope,) if model_scope is None else (key_scope, model_scope)
 
     def estimate(self, entry: ModelEntry, request: ChatRequest) -> tuple[int, int]:
         """The tokens a generation may use: its prompt's (estimated) and the most its reply's may be."""
@@ -130,7 +137,10 @@ class _Reservation:
         if self._done:
             return
         self._done = True
-        await self._counters.settle(self._ask, self._window, tokens_delta=-self._ask.tokens, requests_delta=-1)
+        try:
+            await self._counters.settle(self._ask, self._window, tokens_delta=-self._ask.tokens, requests_delta=-1)
+        except Exception:  # (the refusal or failure that ended the request is what its client hears)
+            log.exception("could not give back a limits reservation")
 
 
 def _refused(ask: Ask, verdict: Verdict) -> RateLimited:
