@@ -10,6 +10,9 @@ period. Stream slots are a sorted set per scope of stream ids scored by when the
 a running stream's lease is renewed by its instance every third of a lease, so the slots of an
 instance that crashed free themselves within one lease (a plain counter with a TTL could not
 tell a dead instance's streams from live ones).
+
+Settlements ride along with the next reservation (see RedisCounters), so a busy instance makes
+one Redis call per request.
 """
 
 from __future__ import annotations
@@ -28,13 +31,48 @@ from parley.errors import LimitsUnavailable
 log = logging.getLogger("parley.access.limits")
 
 STREAM_LEASE_SECONDS = 30.0
+# How long a settlement waits to go with a reservation: other instances see a refund this much later.
+SETTLE_DELAY_SECONDS = 0.05
+
+# Settlements: ARGV from `at`: a count, then each settlement's window, day, month, tokens delta,
+# requests delta, stream id, scope count, and six per scope (as the reservation's). Counters that
+# have expired meanwhile are left alone (not recreated without an expiry).
+_SETTLE_ALL = """
+local function adjust(key, delta)
+  if delta ~= 0 and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, delta) end
+end
+local function settle_all(prefix, at)
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, count do
+    local window, day, month = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+    local tokens, requests, stream = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4]), ARGV[at + 5]
+    local scopes = tonumber(ARGV[at + 6])
+    at = at + 7
+    for _ = 1, scopes do
+      local name = ARGV[at]
+      if tonumber(ARGV[at + 1]) > 0 then adjust(prefix .. 'req:' .. name .. ':' .. window, requests) end
+      if tonumber(ARGV[at + 2]) > 0 then adjust(prefix .. 'tok:' .. name .. ':' .. window, tokens) end
+      if tonumber(ARGV[at + 3]) > 0 then redis.call('ZREM', prefix .. 'streams:' .. name, stream) end
+      if tonumber(ARGV[at + 4]) > 0 then adjust(prefix .. 'day:' .. name .. ':' .. day, tokens) end
+      if tonumber(ARGV[at + 5]) > 0 then adjust(prefix .. 'month:' .. name .. ':' .. month, tokens) end
+      at = at + 6
+    end
+  end
+  return at
+end
+"""
 
 # KEYS: none (the keys depend on Redis's clock, read inside). ARGV: prefix, tokens, stream id, lease,
-# day, seconds until the next day, month, seconds until the next month; then six per scope:
-# name, requests/minute, tokens/minute, streams, daily tokens, monthly tokens (0: no such limit).
+# day, seconds until the next day, month, seconds until the next month; this instance's
+# settlements not yet sent (applied first); then six per scope: name, requests/minute,
+# tokens/minute, streams, daily tokens, monthly tokens (0: no such limit).
 # Returns {refusal (0: granted), scope, retry ms, window, reset ms, then per scope: requests
 # left, tokens left (-1: no such limit)}.
-_RESERVE = """
+_RESERVE = (
+    _SETTLE_ALL
+    + """
+local first = settle_all(ARGV[1], 9)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local prefix, cost, stream, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
@@ -51,10 +89,10 @@ local function wait_for(previous, current, limit, need)
   if current > 0 then share = math.max(0, 1 - (limit - need) / current) end
   return (1 - elapsed + share) * 60
 end
-local scopes = (#ARGV - 8) / 6
+local scopes = (#ARGV - first + 1) / 6
 local refusal, left = nil, {}
 for i = 0, scopes - 1 do
-  local at = 9 + i * 6
+  local at = first + i * 6
   local name = ARGV[at]
   local rates = {{'req:', tonumber(ARGV[at + 1]), 1, 1}, {'tok:', tonumber(ARGV[at + 2]), cost, 2}}
   for _, rate in ipairs(rates) do
@@ -92,7 +130,7 @@ if refusal then
   return {refusal[1], refusal[2], math.floor(refusal[3] * 1000), window, reset, unpack(left)}
 end
 for i = 0, scopes - 1 do
-  local at = 9 + i * 6
+  local at = first + i * 6
   local name = ARGV[at]
   if tonumber(ARGV[at + 1]) > 0 then
     local key = prefix .. 'req:' .. name .. ':' .. window
@@ -124,25 +162,16 @@ for i = 0, scopes - 1 do
 end
 return {0, -1, 0, window, reset, unpack(left)}
 """
+)
 
-# ARGV: prefix, window, day, month, tokens delta, requests delta, stream id; six per scope as above.
-# Counters that have expired meanwhile are left alone (not recreated without an expiry).
-_SETTLE = """
-local prefix, window, day, month = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local tokens, requests, stream = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local function adjust(key, delta)
-  if delta ~= 0 and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, delta) end
-end
-for at = 8, #ARGV, 6 do
-  local name = ARGV[at]
-  if tonumber(ARGV[at + 1]) > 0 then adjust(prefix .. 'req:' .. name .. ':' .. window, requests) end
-  if tonumber(ARGV[at + 2]) > 0 then adjust(prefix .. 'tok:' .. name .. ':' .. window, tokens) end
-  if tonumber(ARGV[at + 3]) > 0 then redis.call('ZREM', prefix .. 'streams:' .. name, stream) end
-  if tonumber(ARGV[at + 4]) > 0 then adjust(prefix .. 'day:' .. name .. ':' .. day, tokens) end
-  if tonumber(ARGV[at + 5]) > 0 then adjust(prefix .. 'month:' .. name .. ':' .. month, tokens) end
-end
+# ARGV: prefix, then settlements as above.
+_SETTLE = (
+    _SETTLE_ALL
+    + """
+settle_all(ARGV[1], 2)
 return 0
 """
+)
 
 # ARGV: prefix, lease, then pairs of scope name and stream id: running streams' leases renewed.
 _RENEW = """
@@ -173,21 +202,40 @@ def _scope_args(ask: Ask) -> list[Any]:
 
 
 class RedisCounters:
-    def __init__(self, redis: Redis, prefix: str, *, lease_seconds: float = STREAM_LEASE_SECONDS) -> None:
+    """The counters in Redis. A settlement is not a round trip of its own: it waits (at most
+    `settle_delay` seconds) to go with this instance's next reservation, in the same script call,
+    applied before that reservation is checked; when no reservation comes, the settlements
+    still waiting go together. Under load, limits cost one Redis call per request."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        lease_seconds: float = STREAM_LEASE_SECONDS,
+        settle_delay: float = SETTLE_DELAY_SECONDS,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._lease = lease_seconds
+        self._settle_delay = settle_delay
         # Registered once; each call is an EVALSHA (redis-py loads the script again if Redis lost it).
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._renew = redis.register_script(_RENEW)
         self._running: dict[str, Ask] = {}  # this instance's streams holding slots, by stream id
         self._renewing: asyncio.Task[None] | None = None
+        self._unsent: list[Any] = []  # settlements' arguments, flattened
+        self._unsent_count = 0
+        self._sending: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def reserve(self, ask: Ask) -> Verdict:
+        count, unsent = self._take_unsent()
         try:
-            reply = await self._reserve(args=self._reserve_args(ask))
+            reply = await self._reserve(args=self._reserve_args(ask, count, unsent))
         except RedisError as exc:
+            # (the settlements it carried are dropped, not sent twice: the counters expire by themselves)
             log.error("Redis refused a limits reservation: %s", exc)
             raise LimitsUnavailable() from exc
         refusal, scope, retry_ms, window, reset_ms, *left = (int(value) for value in reply)
@@ -208,7 +256,7 @@ class RedisCounters:
             tuple(None if value < 0 else value for value in left[1::2]),
         )
 
-    def _reserve_args(self, ask: Ask) -> list[Any]:
+    def _reserve_args(self, ask: Ask, count: int, unsent: list[Any]) -> list[Any]:
         return [
             self._prefix,
             ask.tokens,
@@ -218,23 +266,42 @@ class RedisCounters:
             round(ask.until_next_day),
             ask.month,
             round(ask.until_next_month),
+            count,
+            *unsent,
             *_scope_args(ask),
         ]
 
     async def settle(self, ask: Ask, window: int, *, tokens_delta: int, requests_delta: int) -> None:
         self._running.pop(ask.stream_id, None)
-        await self._settle(
-            args=[
-                self._prefix,
-                window,
-                ask.day,
-                ask.month,
-                tokens_delta,
-                requests_delta,
-                ask.stream_id,
-                *_scope_args(ask),
-            ]
-        )
+        self._unsent += [window, ask.day, ask.month, tokens_delta, requests_delta, ask.stream_id, len(ask.scopes)]
+        self._unsent += _scope_args(ask)
+        self._unsent_count += 1
+        if self._sending is None:
+            self._sending = asyncio.get_running_loop().call_later(self._settle_delay, self._send_soon)
+
+    def _take_unsent(self) -> tuple[int, list[Any]]:
+        count, unsent = self._unsent_count, self._unsent
+        self._unsent, self._unsent_count = [], 0
+        if self._sending is not None:
+            self._sending.cancel()
+            self._sending = None
+        return count, unsent
+
+    def _send_soon(self) -> None:
+        self._sending = None
+        task = asyncio.get_running_loop().create_task(self.send_settlements(), name="parley-limits-settle")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send_settlements(self) -> None:
+        """Send the settlements still waiting for a reservation to carry them."""
+        count, unsent = self._take_unsent()
+        if not count:
+            return
+        try:
+            await self._settle(args=[self._prefix, count, *unsent])
+        except RedisError as exc:
+            log.warning("could not settle %d limits reservations in Redis: %s", count, exc)
 
     async def _renew_leases(self) -> None:
         while True:
@@ -259,4 +326,7 @@ class RedisCounters:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewing
             self._renewing = None
+        await self.send_settlements()
+        for task in list(self._tasks):
+            await task
         await self._redis.aclose()
