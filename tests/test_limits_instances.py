@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support import ws
 from tests.support.databases import PostgresUnavailable, create_postgres_database, drop_postgres_database
 from tests.support.process import parley_serve, run_parley
 from tests.support.redis import REDIS_URL, connected, new_prefix, remove_keys
@@ -186,6 +187,12 @@ def test_concurrent_requests_across_instances_cannot_overrun_a_token_budget(thre
 def test_one_instance_without_redis_counts_the_same_in_process(tmp_path: Path) -> None:
     with parley_serve(write_config(tmp_path, "")) as url:
         assert_exactly_10_of_30([url])
+        # The stored-conversation routes pass the same gate: on the WebSocket, an error frame.
+        with ws.socket(url, ws.new_session()) as socket:
+            frames = ws.chat(socket, "one more", model="echo")
+        ws.assert_error(frames[-1], "rate_limit_requests", "rate_limit_error")
+        refused = httpx.post(f"{url}/api/chat", json={"message": "and here", "model": "echo"})
+        assert refused.status_code == 429 and refused.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 def test_a_shared_postgresql_database_with_limits_and_no_redis_refuses_to_start(tmp_path: Path) -> None:

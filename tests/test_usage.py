@@ -59,6 +59,7 @@ def test_replies_on_every_route_are_counted_and_reported_each_way(upstream: Upst
     ):
         first = v1(client, "priced", "count me on the OpenAI API")
         assert first.status_code == 200
+        assert "x-ratelimit-limit-requests" not in first.headers  # no limits here: no headers
         streamed = client.post(
             "/v1/chat/completions",
             json={
