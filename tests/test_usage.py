@@ -3,11 +3,13 @@ the chat API alike, with costs from the models' prices; `GET /api/usage` and `pa
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from parley.access.principal import ADMIN, KeyLimits, Principal
 from parley.access.usage import UsageRecorder, prices_of
@@ -17,6 +19,7 @@ from parley.config import FakeConfig, ModelConfig, ModelPrice
 from parley.models.base import ChatMessage, ChatRequest
 from parley.models.registry import ModelRegistry, ModelState
 from parley.store import ConversationStore
+from tests.support.databases import drop_postgres_database
 from tests.support.process import run_parley
 from tests.support.server import running_parley
 from tests.support.upstream import Upstream
@@ -168,3 +171,16 @@ async def test_a_key_reads_only_its_own_usage_and_the_admin_everyones(store: Con
     await recorder.aclose()
     again = await usage_report(store.engine, today, today, "model", key_id="key-one")
     assert [(line.group, line.requests) for line in again] == [("echo", 3)]
+
+
+def test_the_report_of_a_database_gone_away_is_a_503_and_chats_on_v1_go_on(postgres_url: str) -> None:
+    models = [{"name": "echo", "provider": "fake"}]
+    with running_parley(models=models, database_url=postgres_url) as url, httpx.Client(base_url=url) as client:
+        assert v1(client, "echo", "before").status_code == 200
+        asyncio.run(drop_postgres_database(postgres_url))
+        # /v1 keeps nothing but usage, which can't be written now: the reply still comes.
+        assert v1(client, "echo", "after").status_code == 200
+        reply = client.get("/api/usage", timeout=30)
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "store_unavailable"
+    assert str(make_url(postgres_url).database) not in reply.text

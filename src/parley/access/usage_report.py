@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.access.usage import USAGE
+from parley.store.availability import as_unavailable
 
 GroupBy = Literal["key", "model", "user", "day"]
 
@@ -61,8 +62,13 @@ async def usage_report(
     )
     if key_id is not None:
         query = query.where(USAGE.c.key_id == key_id)
-    async with engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+    except Exception as exc:  # a database that can't serve now: 503, as on the other stored routes
+        if (unavailable := as_unavailable(exc)) is not None:
+            raise unavailable from exc
+        raise
     return [
         UsageLine(
             group=str(row[0]),
