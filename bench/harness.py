@@ -155,11 +155,12 @@ def fake_upstream(content_chunks: int) -> Iterator[tuple[int, int]]:
 
 @contextlib.contextmanager
 def parley_server(
-    upstream_port: int, workdir: Path, source: Path | None = None, settings: str = ""
+    upstream_port: int, workdir: Path, source: Path | None = None, settings: str = "", model_settings: str = ""
 ) -> Iterator[tuple[int, int]]:
     """Yield (port, pid) of a `parley serve` in front of the upstream (from `source` if given).
 
-    `settings` are top-level TOML lines added to its config (e.g. `database_url = "..."`).
+    `settings` are top-level TOML lines added to its config (e.g. `database_url = "..."`), and
+    `model_settings` lines of its model's table (e.g. `limits = {...}`).
     """
     if source is not None and not (source / "parley" / "__init__.py").is_file():
         # PYTHONPATH would skip it quietly and run this checkout's code under the other's name.
@@ -173,6 +174,7 @@ def parley_server(
         + 'name = "bench"\n'
         + 'provider = "openai"\n'
         + f'base_url = "http://127.0.0.1:{upstream_port}/v1"\n'
+        + model_settings
     )
     port = free_port()
     executable = Path(sys.executable).parent / "parley"

@@ -14,6 +14,9 @@ Targets: at 64 streams Parley keeps at least 40% of the direct throughput, and a
 
     uv run python bench/overhead.py [--duration 2] [--repeat 3] [--ttft-requests 400]
 
+With `--limits redis://127.0.0.1:6379/0` a third Parley, whose model has limits and a budget
+counted in that Redis (a reservation and a settlement per request), runs beside the plain one.
+
 With `--baseline DIR` (the `src` folder of another checkout, e.g. a `git worktree` of an older
 commit) a second Parley runs that code with this environment, measured in the same windows,
 interleaved: a change's cost, side by side in one run.
@@ -34,9 +37,11 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
+import redis
 import uvloop
 
 # Run as a script, only this folder is on sys.path; the shared code is imported as mypy reads it.
@@ -132,7 +137,7 @@ async def bench(
     args: argparse.Namespace,
     upstream: tuple[int, int],
     parley: tuple[int, int],
-    others: list[tuple[str, tuple[int, int]]],
+    others: Sequence[tuple[str, tuple[int, int]]] = (),
 ) -> int:
     direct_url = f"http://127.0.0.1:{upstream[0]}"
     servers = [("parley", parley), *others]
@@ -209,6 +214,7 @@ async def bench(
     print(header)
     print("-" * len(header))
     added: dict[int, float] = {}
+    limits_added: dict[int, float] = {}
     for p in (50, 99):
         d = percentile(ttft["direct"], p)
         line = f"{'p' + str(p):>6} | {d:>8.3f}"
@@ -217,24 +223,32 @@ async def bench(
             line += f" | {v:>8.3f} | {v - d:>8.3f}"
             if name == "parley":
                 added[p] = v - d
+            if name == "limits":
+                limits_added[p] = v - d
         print(line)
     print()
 
     verdicts = []
     at_64 = [best for concurrency, best in rows if concurrency == 64]
     if at_64:
-        direct, via = at_64[0]["direct"], at_64[0]["parley"]
-        ratio = via.requests_per_second / direct.requests_per_second
-        target = TARGETS["throughput_ratio_at_64"]
-        verdicts.append(
-            f"throughput at 64 streams {ratio:.0%} of direct (target >= {target:.0%}): "
-            f"{'met' if ratio >= target else 'MISSED'}"
-        )
+        for name in ("parley", "limits") if "limits" in names else ("parley",):
+            direct, via = at_64[0]["direct"], at_64[0][name]
+            ratio = via.requests_per_second / direct.requests_per_second
+            target = TARGETS["throughput_ratio_at_64"]
+            verdicts.append(
+                f"{name}: throughput at 64 streams {ratio:.0%} of direct (target >= {target:.0%}): "
+                f"{'met' if ratio >= target else 'MISSED'}"
+            )
     target = TARGETS["added_ttft_p50_ms"]
     verdicts.append(
         f"added time to first token p50 {added[50]:.3f} ms (target < {target:g} ms): "
         f"{'met' if added[50] < target else 'MISSED'}"
     )
+    if 50 in limits_added:
+        verdicts.append(
+            f"limits: added time to first token p50 {limits_added[50]:.3f} ms (target < {target:g} ms): "
+            f"{'met' if limits_added[50] < target else 'MISSED'}"
+        )
     for verdict in verdicts:
         print(verdict)
     if args.metrics_port is not None:
@@ -268,6 +282,11 @@ def main() -> int:
     parser.add_argument("--ttft-max-seconds", type=float, default=20.0, help="TTFT time cap (default 20)")
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
     parser.add_argument("--metrics", action="store_true", help="also a Parley with metrics on, side by side")
+    parser.add_argument(
+        "--limits",
+        metavar="REDIS_URL",
+        help="also measure a Parley whose model has limits and a budget, counted in this Redis",
+    )
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -292,7 +311,33 @@ def main() -> int:
             settings = f"metrics_port = {args.metrics_port}\n"
             metrics = others.enter_context(parley_server(upstream[0], Path(workdir) / "metrics", settings=settings))
             compared.append(("metrics", metrics))
+        if args.limits is not None:
+            compared.append(("limits", others.enter_context(_limited_parley(upstream[0], Path(workdir), args.limits))))
         return runner.run(bench(args, upstream, parley, compared))
+
+
+@contextlib.contextmanager
+def _limited_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterator[tuple[int, int]]:
+    """A Parley whose model has limits too high to refuse: every request pays the reservation (one
+    Redis round trip) and its settlement (another), as a limited key's would."""
+    prefix = f"parley-bench-{os.getpid()}:"
+    limits = (
+        "limits = {requests_per_minute = 1000000000, tokens_per_minute = 1000000000000, daily_tokens = 1000000000000}\n"
+    )
+    try:
+        with parley_server(
+            upstream_port,
+            workdir / "limits",
+            settings=f'redis_url = "{redis_url}"\nredis_prefix = "{prefix}"\n',
+            model_settings=limits,
+        ) as server:
+            yield server
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from parley.access.edge import AccessMiddleware
+from parley.access.limits_setup import limits_may_apply, open_limit_gate
+from parley.access.ratelimit_headers import RateLimitHeaders
+from parley.access.usage import UsageRecorder, prices_of
 from parley.api import chat, conversations, health, openai, ws
+from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
 from parley.api.error_handlers import install_error_handlers
@@ -36,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        limits = await open_limit_gate(settings)  # (first: an unreachable Redis stops the start at once)
         store = await open_store(settings.database_url or default_database_url(settings.data_dir))
         # Replies left streaming by a server that stopped are marked failed; with a shared database,
         # only those no server has saved for a while (others may still be writing theirs).
@@ -45,8 +50,13 @@ def create_app(settings: Settings) -> FastAPI:
         registry = ModelRegistry(settings.models)
         tools = ToolRegistry(settings.tools, settings.mcp_servers)
         tools.start()  # MCP servers connect in the background; their tools appear when they are up
-        chat = ChatService(registry, settings.agents, track=lifecycle.track, tools=tools, tool_settings=settings.tools)
+        usage = UsageRecorder(store, prices_of(settings.models)) if settings.record_usage else None
+        gates = [gate for gate in (limits, usage) if gate is not None]
+        chat = ChatService(
+            registry, settings.agents, track=lifecycle.track, gates=gates, tools=tools, tool_settings=settings.tools
+        )
         app.state.tools = tools
+        app.state.usage = usage
         app.state.settings = settings
         app.state.registry = registry
         app.state.store = store
@@ -65,6 +75,10 @@ def create_app(settings: Settings) -> FastAPI:
             await registry.aclose()
             await tools.aclose()
             await autosave.aclose()
+            if usage is not None:
+                await usage.aclose()
+            if limits is not None:
+                await limits.aclose()
             await store.stop_repairs()
             await store.aclose()
 
@@ -81,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.include_router(usage_api.router)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)
@@ -92,6 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
+    if limits_may_apply(settings):
+        app.add_middleware(RateLimitHeaders)  # x-ratelimit-* on limited callers' responses
     app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
     app.add_middleware(AccessMiddleware)  # who is calling: decided once, before any route
     # Cross-site browser requests refused; listed origins through Starlette's CORSMiddleware.

@@ -18,9 +18,11 @@ from httpx_sse import connect_sse
 from rich.console import Console
 from rich.table import Table
 
+from parley import cli_usage
 from parley.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Parley: a streaming chat backend for LLM applications.", no_args_is_help=True)
+app.add_typer(cli_usage.app, name="usage", help="A running server's usage: requests, tokens, errors and cost.")
 console = Console()
 errors = Console(stderr=True)
 

@@ -29,6 +29,27 @@ class SamplingDefaults(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+class ModelLimits(BaseModel):
+    """What all callers together may use of one model (e.g. to protect an upstream's own quota)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_streams: int | None = Field(default=None, ge=1)  # generations running at once
+    daily_tokens: int | None = Field(default=None, ge=1)  # per UTC day
+    monthly_tokens: int | None = Field(default=None, ge=1)  # per UTC calendar month
+
+
+class ModelPrice(BaseModel):
+    """What a model's tokens cost, for the usage report (any currency; the report adds them up)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_per_million: float = Field(default=0.0, ge=0)
+    completion_per_million: float = Field(default=0.0, ge=0)
+
+
 class _ModelConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,6 +60,8 @@ class _ModelConfigBase(BaseModel):
     harmony: Literal["auto", "on", "off"] = "auto"
     send_reasoning: bool = True  # reasoning reaches clients
     store_reasoning: bool = True  # reasoning is kept with the conversation
+    limits: ModelLimits | None = None  # shared by every caller of this model, on every instance
+    price: ModelPrice | None = None  # None: usage is counted at no cost
 
 
 class LlamaCppConfig(_ModelConfigBase):
@@ -201,6 +224,11 @@ class Settings(BaseSettings):
     allow_open: bool = False  # run without keys on a non-loopback address, deliberately
     # Shared counters (limits, budgets) and, later, run events: needed when instances share a database.
     redis_url: str | None = None
+    redis_prefix: str = Field(default="parley:", max_length=64)  # before every key Parley keeps in Redis
+    # Tokens reserved for a reply whose request, model and defaults set no max_tokens, when a token
+    # limit or budget applies (settled against the real usage when the reply ends).
+    limit_reserve_tokens: int = Field(default=4096, ge=1)
+    record_usage: bool = True  # every reply's tokens and cost, per key, end user, model and day (GET /api/usage)
     log_format: Literal["text", "json"] = "text"
     # /metrics on a port of its own (no key needed there); None: on the main port, admin key only.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -220,6 +248,14 @@ class Settings(BaseSettings):
             unknown = [name for name in agent.handoffs if name not in agent_names]
             if unknown:
                 raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(unknown)}")
+        if self.redis_url is None and _is_postgresql(self.database_url):
+            limited = [m.name for m in self.models if m.limits is not None]
+            if limited:
+                raise ValueError(
+                    f"models {', '.join(limited)} have limits, and a PostgreSQL database may be shared by "
+                    "several instances, whose counters would then each allow the whole limit: set redis_url "
+                    "so that they share the counters (or use SQLite for a single instance)"
+                )
         if all(agent.name != DEFAULT_AGENT for agent in self.agents):
             self.agents.append(AgentConfig(name=DEFAULT_AGENT))
         return self
@@ -233,6 +269,10 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0].name
+
+
+def _is_postgresql(database_url: str | None) -> bool:
+    return database_url is not None and database_url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
 
 class ConfigError(Exception):

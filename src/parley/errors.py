@@ -109,6 +109,17 @@ class NotFound(ParleyError):
     code = "not_found"
 
 
+class LimitsUnavailable(ParleyError):
+    """The shared counters (Redis) can't be reached: limited requests are refused, not let through."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "limits_unavailable"
+
+    def __init__(self, message: str = "rate limits can't be checked right now; retry shortly") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class ServerShuttingDown(ParleyError):
     """The server is stopping: new work is refused, and work past the grace period is ended."""
 

@@ -18,7 +18,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 from sqlalchemy import (
@@ -70,9 +70,10 @@ from parley.store.records import (
 )
 from parley.store.schema import ID_LENGTH, ROLES, ConversationRow, MessageRow, UTCDateTime
 from parley.store.turn_writes import FinishReply, OpenedTurn, OpenTurn, SaveProgress
-from parley.store.writer import MAX_BATCH, MAX_QUEUE, BatchWriter, locked
+from parley.store.writer import MAX_BATCH, MAX_QUEUE, BatchWriter, WriteOp, locked
 
 MAX_PAGE = 200
+T = TypeVar("T")
 INTERRUPTED = "interrupted: the server stopped before the reply finished"
 _HISTORY_STATUSES = ("complete", "cancelled")
 
@@ -132,6 +133,10 @@ class ConversationStore:
     def queued_writes(self) -> int:
         """Writes waiting for the writer (at most `max_queue`: beyond, writers wait)."""
         return self._batches.queued
+
+    async def write(self, op: WriteOp[T]) -> T:
+        """Apply `op` with the turns' writes: batched with them, in this store's order of writers."""
+        return await self._batches.submit(op)
 
     async def aclose(self) -> None:
         """Apply the writes still queued, then close every connection."""

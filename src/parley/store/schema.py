@@ -3,12 +3,14 @@ checks the two agree."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     Double,
@@ -127,3 +129,21 @@ class MessageRow(Base):
     # Revision 0007: an agent's steps before this reply (assistant tool calls and tool results, in
     # the OpenAI message shape), kept with the reply they led to.
     steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+
+
+class UsageRow(Base):
+    """What callers used, per day, key, end user and model (revision 0006); '' where there is none."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_key_id_day", "key_id", "day"),)
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # UTC
+    key_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    end_user: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    model: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    key_alias: Mapped[str] = mapped_column(String(NAME_LENGTH))  # the key's name when last used
+    requests: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)  # replies that failed
+    cost: Mapped[float] = mapped_column(Double)  # from the models' configured prices

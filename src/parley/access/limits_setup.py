@@ -1,0 +1,34 @@
+"""Building the limits gate from the settings: Redis-backed when `redis_url` is set, else in-process."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from parley.access.limit_counters import Counters, LocalCounters
+from parley.access.limit_redis import RedisCounters
+from parley.access.limits import LimitGate, model_limits
+from parley.config import ConfigError, Settings
+
+
+def limits_may_apply(settings: Settings) -> bool:
+    """Whether any generation can meet a limit: a model has limits, or keys (which may carry
+    their own) are required. When not, there is no gate and no header middleware at all."""
+    return bool(model_limits(settings.models)) or settings.auth == "required"
+
+
+async def open_limit_gate(settings: Settings) -> LimitGate | None:
+    if not limits_may_apply(settings):
+        return None
+    counters: Counters
+    if settings.redis_url is not None:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            await redis.aclose()
+            raise ConfigError(f"redis_url: Redis can't be reached ({exc}); limits need it") from exc
+        counters = RedisCounters(redis, settings.redis_prefix)
+    else:
+        counters = LocalCounters()
+    return LimitGate(counters, model_limits(settings.models), reserve_tokens=settings.limit_reserve_tokens)
