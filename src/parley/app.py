@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from parley.access.allow_lists import ModelAllowList
 from parley.access.edge import AccessMiddleware
-from parley.api import chat, conversations, health, openai, ws
+from parley.access.startup import open_access
+from parley.api import admin_keys, chat, conversations, health, openai, ws
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
 from parley.api.error_handlers import install_error_handlers
@@ -33,13 +35,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(settings.database_url or default_database_url(settings.data_dir))
+        try:  # None: the server runs open (no keys)
+            access = await open_access(settings, store.engine)
+        except BaseException:
+            await store.aclose()
+            raise
         # Replies left streaming by a server that stopped are marked failed; with a shared database,
         # only those no server has saved for a while (others may still be writing theirs).
         autosave = ReplyAutosave(store, settings.reply_save_seconds, shared=store.engine.dialect.name != "sqlite")
         await store.fail_interrupted(older_than=autosave.stale_after)
         autosave.start()
         registry = ModelRegistry(settings.models)
-        chat = ChatService(registry, settings.agents, track=lifecycle.track)
+        gates = [] if access is None else [ModelAllowList()]
+        chat = ChatService(registry, settings.agents, track=lifecycle.track, gates=gates)
+        app.state.access = access
         app.state.settings = settings
         app.state.registry = registry
         app.state.store = store
@@ -57,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
             await autosave.aclose()
             await store.stop_repairs()
             await store.aclose()
+            if access is not None:
+                await access.aclose()
 
     # Swagger UI's and ReDoc's assets served by Parley itself (fastapi-offline): /docs works offline.
     app = FastAPIOffline(
@@ -71,12 +82,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.include_router(admin_keys.router)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)
     app.include_router(chatkit_tutor.router)
     app.include_router(chatkit.router)
     app.state.lifecycle = lifecycle
+    app.state.access = None  # until the lifespan decides (AccessMiddleware reads it)
     install_error_handlers(app)
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -18,11 +19,13 @@ from httpx_sse import connect_sse
 from rich.console import Console
 from rich.table import Table
 
+from parley.cli_keys import app as keys_app
 from parley.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Parley: a streaming chat backend for LLM applications.", no_args_is_help=True)
 console = Console()
 errors = Console(stderr=True)
+app.add_typer(keys_app, name="keys")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]
@@ -58,15 +61,24 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+    allow_open: Annotated[
+        bool, typer.Option("--allow-open", help="Run with no API keys on a non-loopback address, deliberately.")
+    ] = False,
 ) -> None:
     """Start the server. With no config, it serves the bundled SmolLM2 model."""
+    from parley.access.startup import check_access
     from parley.app import create_app
     from parley.serving import serve as serve_app
 
     try:
-        settings: Settings = load_settings(config, host=host, port=port)
+        settings: Settings = load_settings(config, host=host, port=port, allow_open=allow_open or None)
     except ConfigError as exc:
         errors.print(f"[red]Invalid configuration:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    try:
+        asyncio.run(check_access(settings))
+    except ConfigError as exc:
+        errors.print(f"[red]Refusing to start:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     _configure_logging(settings.log_level)
     models = ", ".join(f"{m.name} ({m.provider})" for m in settings.models)

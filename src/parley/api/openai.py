@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from parley.access.principal import OPEN, PRINCIPAL_STATE, Principal
+from parley.access.allow_lists import visible_models
+from parley.access.edge import end_user_of, with_end_user
+from parley.access.principal import OPEN, PRINCIPAL_STATE, Principal, principal_of
 from parley.api.deps import RegistryDep
 from parley.api.error_handlers import error_response
 from parley.api.input_limits import loads_object
@@ -61,7 +63,10 @@ class ChatCompletionsRoute:
             return None
         state = scope["app"].state
         body = _validated(raw, state.settings.max_json_depth)
-        run = await state.chat.start(body.to_request(), model=body.model, principal=scope_principal(scope))
+        principal = scope_principal(scope)
+        if body.user is not None and principal.end_user is None:
+            principal = with_end_user(principal, end_user_of(body.user))
+        run = await state.chat.start(body.to_request(), model=body.model, principal=principal)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return await stream_run(state.settings, run, ChunkEncoder(run, include_usage))
@@ -129,8 +134,10 @@ def openapi_path() -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(registry: RegistryDep) -> dict[str, Any]:
+async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]:
+    """The models this key may use (every model, on a server that runs open)."""
     created = int(time.time())
+    allowed = set(visible_models(principal_of(request), [entry.config.name for entry in registry.entries()]))
     return {
         "object": "list",
         "data": [
@@ -142,5 +149,6 @@ async def list_models(registry: RegistryDep) -> dict[str, Any]:
                 "ready": entry.state is ModelState.READY,
             }
             for entry in registry.entries()
+            if entry.config.name in allowed
         ],
     }

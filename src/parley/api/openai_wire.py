@@ -57,6 +57,9 @@ class ChatCompletionBody(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    # The end user an application serves (OpenAI's field): owns what is stored for them, unless
+    # the request names one in `X-Parley-User` already.
+    user: str | None = Field(default=None, max_length=128)
 
     @field_validator("stop")
     @classmethod

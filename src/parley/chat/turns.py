@@ -55,7 +55,7 @@ class ConversationChat:
         leaves out, and not stored with the conversation.
         """
         params = params or GenerationParams()
-        entry, agent_config = self._chat.resolve(model, agent)
+        entry, agent_config = self._chat.resolve(model, agent, principal)
         window = history_window(entry.model.context_size)
         recent = RecentHistory([], 0)
         if conversation_id is not None:  # (a new, client-chosen id is created with the turn)

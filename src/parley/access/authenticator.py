@@ -1,0 +1,88 @@
+"""From a key sent with a request to its principal, without a database query for keys seen lately.
+
+Looked-up keys are cached in process by their hash, valid or not. A key changed on this server
+is dropped from the cache at once; one changed elsewhere (another server, `parley keys`) is
+dropped when its invalidation arrives over Redis (`parley.access.invalidation`), which the
+changer waits for. Without Redis, or while Redis is unreachable, an entry is trusted for
+`key_cache_seconds` only: that is how long a key revoked on another server may still work here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from parley.access.key_store import KeyRecord, KeyStore
+from parley.access.keys import KeyHasher, could_be_key
+from parley.access.principal import ADMIN, Principal
+
+# Kept while invalidations flow: a bound on what a lost message could cost, not a freshness rule.
+TRUSTED_SECONDS = 600.0
+MAX_CACHED = 10_000  # keys, valid or not: a flood of made-up keys can't grow the cache beyond this
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    principal: Principal | None  # None: no usable key (unknown, revoked or expired)
+    key_expires: float | None  # the key's own expiry, as a Unix time
+    stale_after: float  # monotonic
+
+
+class Authenticator:
+    def __init__(
+        self,
+        keys: KeyStore,
+        hasher: KeyHasher,
+        admin_key: str | None,
+        *,
+        cache_seconds: float,
+        invalidations_live: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.keys = keys
+        self._hasher = hasher
+        self._admin_key = admin_key.encode() if admin_key else None
+        self._cache_seconds = cache_seconds
+        self._invalidations_live = invalidations_live
+        self._cache: dict[str, _Cached] = {}
+
+    async def principal_for(self, key: str) -> Principal | None:
+        """The principal of `key`: ADMIN for the admin key; None for no key Parley accepts."""
+        if self._admin_key is not None and hmac.compare_digest(key.encode(), self._admin_key):
+            return ADMIN
+        if not could_be_key(key):
+            return None
+        digest = self._hasher.digest(key)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is None or cached.stale_after < now:
+            cached = self._remember(digest, await self.keys.find(key), now)
+        if cached.key_expires is not None and cached.key_expires <= time.time():
+            return None
+        return cached.principal
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop the cached lookups of key `key_id` (None: of every key, and every unknown key)."""
+        if key_id is None:
+            self._cache.clear()
+            return
+        for digest in [digest for digest, cached in self._cache.items() if _key_id(cached) in (key_id, None)]:
+            del self._cache[digest]
+
+    def _remember(self, digest: str, record: KeyRecord | None, now: float) -> _Cached:
+        usable = record is not None and record.usable(datetime.now(UTC))
+        cached = _Cached(
+            principal=record.principal() if usable and record is not None else None,
+            key_expires=record.expires_at.timestamp() if record is not None and record.expires_at else None,
+            stale_after=now + (TRUSTED_SECONDS if self._invalidations_live() else self._cache_seconds),
+        )
+        if len(self._cache) >= MAX_CACHED:
+            del self._cache[next(iter(self._cache))]  # the oldest lookup
+        self._cache[digest] = cached
+        return cached
+
+
+def _key_id(cached: _Cached) -> str | None:
+    return None if cached.principal is None else cached.principal.key_id
