@@ -59,7 +59,8 @@ class KeyChangeListener:
     """Runs for the server's life: hears key changes and has `forget` drop them from the cache."""
 
     def __init__(self, redis_url: str, prefix: str, forget: Callable[[str | None], None]) -> None:
-        self._client = redis.Redis.from_url(redis_url)
+        # Named, so an operator (or a test) can tell the listener's connection apart in CLIENT LIST.
+        self._client = redis.Redis.from_url(redis_url, client_name=f"{prefix}:key-changes")
         self._prefix = prefix
         self._forget = forget
         self._subscribed = asyncio.Event()
