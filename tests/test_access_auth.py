@@ -70,6 +70,10 @@ def test_auto_requires_keys_once_one_exists(tmp_path: Path) -> None:
         with_key = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {made.stdout.strip()}"})
         assert with_key.status_code == 200
         assert httpx.get(f"{server.url}/api/admin/keys", headers={"x-api-key": STRONG_ADMIN_KEY}).status_code == 200
+        listed = run_parley("models", "--url", server.url, "--api-key", made.stdout.strip())
+        assert listed.returncode == 0 and "echo" in listed.stdout, listed.stderr
+        keyless = run_parley("models", "--url", server.url, env={"PARLEY_API_KEY": ""})
+        assert keyless.returncode == 1 and "an API key is required" in keyless.stderr
 
 
 def test_auth_off_runs_open_on_loopback_even_with_keys(tmp_path: Path) -> None:

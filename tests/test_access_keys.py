@@ -250,3 +250,13 @@ def test_keys_never_reach_the_log(server: ServerProcess, keys: dict[str, str]) -
     assert "GET /v1/models 200" in log
     assert ADMIN_KEY not in log
     assert all(key not in log and key[12:] not in log for key in keys.values())
+
+
+def test_the_openapi_document_says_how_to_send_a_key_and_what_refusals_look_like(server: ServerProcess) -> None:
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    create = document["paths"]["/api/admin/keys"]["post"]
+    assert {"201", "401", "403", "409"} <= set(create["responses"])
+    assert create["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert "401" in document["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "security" not in document["paths"]["/health"]["get"]

@@ -29,6 +29,9 @@ app.add_typer(keys_app, name="keys")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]
+KeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="PARLEY_API_KEY", help="An API key, for a server that requires one.")
+]
 
 
 # Python's default starts a collection every 700 net allocations. A proxied stream allocates a
@@ -89,9 +92,9 @@ def serve(
 
 
 @app.command()
-def models(url: UrlOption = DEFAULT_URL) -> None:
+def models(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """List the models of a running server."""
-    reply = _request("GET", f"{url}/v1/models")
+    reply = _request("GET", f"{url}/v1/models", api_key)
     table = Table("model", "provider", "ready")
     for model in reply["data"]:
         table.add_row(model["id"], model["owned_by"].removeprefix("parley:"), "yes" if model["ready"] else "no")
@@ -101,6 +104,7 @@ def models(url: UrlOption = DEFAULT_URL) -> None:
 @app.command()
 def chat(
     url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
     model: Annotated[str | None, typer.Option(help="Model name (default: the server's first).")] = None,
     agent: Annotated[str | None, typer.Option(help="A configured agent.")] = None,
     conversation: Annotated[str | None, typer.Option(help="Continue this conversation id.")] = None,
@@ -109,7 +113,7 @@ def chat(
     ] = None,
 ) -> None:
     """Chat in the terminal with a running server; replies stream as they are written."""
-    session = _ChatSession(url, model, agent, conversation)
+    session = _ChatSession(url, model, agent, conversation, api_key)
     if message is not None:
         session.send(message)
         return
@@ -164,12 +168,14 @@ def _keys_held_back() -> Iterator[None]:
 
 
 class _ChatSession:
-    def __init__(self, url: str, model: str | None, agent: str | None, conversation: str | None) -> None:
+    def __init__(
+        self, url: str, model: str | None, agent: str | None, conversation: str | None, api_key: str | None = None
+    ) -> None:
         self._url = url
         self._model = model
         self._agent = agent
         self.conversation = conversation
-        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None), headers=_auth_headers(api_key))
 
     def send(self, text: str) -> None:
         body = {
@@ -219,9 +225,13 @@ class _ChatSession:
             console.print(f"\n[red]error:[/red] {data['message']}", highlight=False)
 
 
-def _request(method: str, url: str) -> dict[str, Any]:
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {} if not api_key else {"Authorization": f"Bearer {api_key}"}
+
+
+def _request(method: str, url: str, api_key: str | None = None) -> dict[str, Any]:
     try:
-        reply = httpx.request(method, url, timeout=10)
+        reply = httpx.request(method, url, timeout=10, headers=_auth_headers(api_key))
     except httpx.TransportError as exc:
         _fail(f"cannot reach {url}: {exc}")
     if reply.status_code != 200:
