@@ -9,14 +9,15 @@ changer waits for. Without Redis, or while Redis is unreachable, an entry is tru
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from parley.access.key_store import KeyRecord, KeyStore
-from parley.access.keys import KeyHasher, could_be_key
+from parley.access.keys import could_be_key
 from parley.access.principal import ADMIN, Principal
 
 # Kept while invalidations flow: a bound on what a lost message could cost, not a freshness rule.
@@ -24,44 +25,57 @@ TRUSTED_SECONDS = 600.0
 MAX_CACHED = 10_000  # keys, valid or not: a flood of made-up keys can't grow the cache beyond this
 
 
-@dataclass(frozen=True, slots=True)
+MAX_END_USERS = 1_000  # per cached key: the principals of the end users an application named lately
+
+
+@dataclass(slots=True)
 class _Cached:
     principal: Principal | None  # None: no usable key (unknown, revoked or expired)
     key_expires: float | None  # the key's own expiry, as a Unix time
     stale_after: float  # monotonic
+    end_users: dict[str, Principal] = field(default_factory=dict)
+
+    def for_end_user(self, end_user: str) -> Principal | None:
+        principal = self.end_users.get(end_user)
+        if principal is None and self.principal is not None:
+            if len(self.end_users) >= MAX_END_USERS:
+                self.end_users.clear()
+            principal = self.end_users[end_user] = replace(self.principal, end_user=end_user)
+        return principal
 
 
 class Authenticator:
     def __init__(
         self,
         keys: KeyStore,
-        hasher: KeyHasher,
         admin_key: str | None,
         *,
         cache_seconds: float,
         invalidations_live: Callable[[], bool] = lambda: False,
     ) -> None:
         self.keys = keys
-        self._hasher = hasher
         self._admin_key = admin_key.encode() if admin_key else None
         self._cache_seconds = cache_seconds
         self._invalidations_live = invalidations_live
-        self._cache: dict[str, _Cached] = {}
+        self._cache: dict[bytes, _Cached] = {}
 
-    async def principal_for(self, key: str) -> Principal | None:
-        """The principal of `key`: ADMIN for the admin key; None for no key Parley accepts."""
+    async def principal_for(self, key: str, end_user: str | None = None) -> Principal | None:
+        """The principal of `key` (for `end_user`, when the application names one): ADMIN for the
+        admin key; None for no key Parley accepts."""
         if self._admin_key is not None and hmac.compare_digest(key.encode(), self._admin_key):
             return ADMIN
         if not could_be_key(key):
             return None
-        digest = self._hasher.digest(key)
+        # The cache is keyed by a plain SHA-256 (a quarter of an HMAC's cost): a key holds 256 random
+        # bits, so its hash reveals nothing, and no key is kept in memory beyond its request.
+        digest = hashlib.sha256(key.encode()).digest()
         cached = self._cache.get(digest)
         now = time.monotonic()
         if cached is None or cached.stale_after < now:
             cached = self._remember(digest, await self.keys.find(key), now)
         if cached.key_expires is not None and cached.key_expires <= time.time():
             return None
-        return cached.principal
+        return cached.principal if end_user is None else cached.for_end_user(end_user)
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop the cached lookups of key `key_id` (None: of every key, and every unknown key)."""
@@ -71,7 +85,7 @@ class Authenticator:
         for digest in [digest for digest, cached in self._cache.items() if _key_id(cached) in (key_id, None)]:
             del self._cache[digest]
 
-    def _remember(self, digest: str, record: KeyRecord | None, now: float) -> _Cached:
+    def _remember(self, digest: bytes, record: KeyRecord | None, now: float) -> _Cached:
         usable = record is not None and record.usable(datetime.now(UTC))
         cached = _Cached(
             principal=record.principal() if usable and record is not None else None,

@@ -121,10 +121,10 @@ async def _authenticated(scope: Scope, authenticator: Authenticator) -> Principa
             return NOBODY
     if not key:
         return None
-    principal = await authenticator.principal_for(key)
+    principal = await authenticator.principal_for(key, end_user_of(end_user))
     if principal is None:
         raise AuthenticationFailed(_KEY_REFUSED)
-    return with_end_user(principal, end_user_of(end_user))
+    return principal
 
 
 def _subprotocol_key(scope: Scope) -> str | None:

@@ -141,7 +141,6 @@ async def open_access(settings: Settings, engine: AsyncEngine) -> AccessControl 
     listener: KeyChangeListener | None = None
     authenticator = Authenticator(
         keys,
-        hasher,
         plan.admin_key,
         cache_seconds=settings.key_cache_seconds,
         invalidations_live=lambda: listener is not None and listener.live,
