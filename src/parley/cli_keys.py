@@ -144,12 +144,19 @@ def _shown(value: int | None) -> str:
 def revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")], config: ConfigOption = None) -> None:
     """Revoke a key for good; servers refuse it at once."""
 
-    async def work(access: Any, _: Settings) -> str:
+    async def work(access: Any, settings: Settings) -> str:
         record = await access.keys.revoke(key)
         await access.changed(record.id)
-        return str(record.id)
+        return f"Revoked {record.id}." + _without_redis(settings)
 
-    errors.print(f"Revoked {_run(config, work)}.", highlight=False)
+    errors.print(_run(config, work), highlight=False)
+
+
+def _without_redis(settings: Settings) -> str:
+    """What a change means for running servers when none hears of it (no `redis_url`)."""
+    if settings.redis_url is not None:
+        return ""
+    return f" Running servers use the change within {settings.key_cache_seconds:g} s (no redis_url to tell them)."
 
 
 @app.command()
@@ -190,12 +197,12 @@ def update(
     elif no_expiry:
         values["expires_at"] = None
 
-    async def work(access: Any, _: Settings) -> str:
+    async def work(access: Any, settings: Settings) -> str:
         record = await access.keys.update(key, KeySettings(**values))
         await access.changed(record.id)
-        return str(record.id)
+        return f"Updated {record.id}." + _without_redis(settings)
 
-    errors.print(f"Updated {_run(config, work)}.", highlight=False)
+    errors.print(_run(config, work), highlight=False)
 
 
 @app.command("admin-key")

@@ -153,12 +153,18 @@ async def open_access(settings: Settings, engine: AsyncEngine) -> AccessControl 
 
 async def check_access(settings: Settings) -> None:
     """What the server's start would refuse, found before it serves (`parley serve` exits with the
-    message): raises AccessRefused. Sets up the database's schema, as the server would."""
+    message): raises AccessRefused. The database is read only when `auth = "auto"` must count keys
+    (its schema set up first, as the server would); if it can't be reached, the server's own start
+    reports that."""
     from parley.store import create_engine, default_database_url, migrate
 
     engine = create_engine(settings.database_url or default_database_url(settings.data_dir))
     try:
-        await migrate(engine)
+        if settings.auth == "auto" and not os.environ.get(settings.admin_key_env, "").strip():
+            try:
+                await migrate(engine)
+            except Exception:  # (unreachable, or not a database: the server's start says so)
+                return
         if (await plan_access(settings, engine)).required:
             key_hasher(settings, engine)
     finally:
