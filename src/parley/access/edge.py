@@ -14,6 +14,7 @@ error shape with `WWW-Authenticate: Bearer`. Keys never reach a log: only the ke
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import orjson
@@ -25,6 +26,11 @@ from parley.errors import AuthenticationFailed, InvalidRequest, ParleyError
 
 END_USER_HEADER = b"x-parley-user"
 MAX_END_USER_CHARS = 128
+# What an end user's name may not hold (it reaches logs and headers): control characters and line
+# breaks. The OpenAPI document states it as END_USER_PATTERN.
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
+END_USER_PATTERN = f"^[^{_CONTROL}]*$"
+_UNPRINTABLE = re.compile(f"[{_CONTROL}]")
 WS_PROTOCOL = "parley"
 WS_KEY_PROTOCOL = "parley.key."
 WS_FRAME_AUTH_PREFIX = "/ws/"  # WebSocket routes that read a key from the first frame
@@ -52,9 +58,9 @@ def end_user_of(value: str | bytes | None) -> str | None:
     text = text.strip()
     if not text:
         return None
-    if len(text) > MAX_END_USER_CHARS or not text.isprintable():
+    if len(text) > MAX_END_USER_CHARS or _UNPRINTABLE.search(text) is not None:
         raise InvalidRequest(
-            f"the end user must be at most {MAX_END_USER_CHARS} printable characters",
+            f"the end user must be at most {MAX_END_USER_CHARS} characters, with no control characters",
             param="user",
             code="invalid_end_user",
         )
