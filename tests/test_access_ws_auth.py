@@ -12,6 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from parley.api.ws_auth import FIRST_FRAME_SECONDS
 from tests.support.server import running_parley
 from tests.support.ws import WAIT, chat, new_session, receive, text_of
 
@@ -92,3 +93,12 @@ def test_a_key_is_never_read_from_the_query_string(server: str, key: str) -> Non
     with connect(ws_url(server) + f"?api_key={key}", open_timeout=WAIT) as ws:
         ws.send(json.dumps({"message": "hello"}))
         assert receive(ws)["data"]["code"] == "unauthorized"
+
+
+def test_a_socket_that_sends_nothing_is_closed_after_the_auth_window(server: str) -> None:
+    with connect(ws_url(server), open_timeout=WAIT) as ws:
+        error = json.loads(ws.recv(timeout=FIRST_FRAME_SECONDS + WAIT))
+        assert (error["event"], error["data"]["code"]) == ("error", "unauthorized")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=WAIT)
+        assert ws.close_code == 1008
