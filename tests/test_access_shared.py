@@ -3,6 +3,7 @@ changed through one server (or `parley keys`) holds on the other from the moment
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
@@ -14,7 +15,9 @@ import httpx
 import pytest
 import redis
 
+from tests.support.databases import drop_postgres_database
 from tests.support.process import parley_serve, run_parley
+from tests.support.server import running_parley
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +157,18 @@ def test_keys_on_a_shared_store_need_the_shared_secret(postgres_url: str, tmp_pa
     served = run_parley("serve", "--config", str(config), "--port", "1", env=without)
     assert served.returncode == 2
     assert "PARLEY_KEY_SECRET" in served.stderr and "every server" in " ".join(served.stderr.split())
+
+
+def test_a_cached_key_needs_no_database_and_an_outage_is_a_503(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    models = [{"name": "echo", "provider": "fake"}]
+    with running_parley(models=models, database_url=postgres_url, key_cache_seconds=60) as server:
+        made = _create(server, "cached")
+        assert _status(server, made["key"]) == 200  # looked up once, and cached
+        asyncio.run(drop_postgres_database(postgres_url))
+        assert _status(server, made["key"]) == 200  # no query: the database is gone
+        unseen = httpx.get(f"{server}/v1/models", headers={"x-api-key": "pk-" + "z" * 43})
+        assert (unseen.status_code, unseen.json()["error"]["code"]) == (503, "store_unavailable")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.access.keys import KeyHasher, new_key, prefix_of
 from parley.access.principal import KeyLimits, Principal
 from parley.errors import KeyNameTaken, KeyNotFound
+from parley.store.availability import as_unavailable
 from parley.store.engine import writer
 from parley.store.schema import ApiKeyRow
 
@@ -97,7 +100,7 @@ class KeyStore:
             **settings.values(),
         }
         try:
-            async with self._writer.begin() as connection:
+            async with _database(self._writer.begin()) as connection:
                 await connection.execute(insert(KEYS).values(values))
         except IntegrityError as exc:
             raise _name_taken(values.get("name")) from exc
@@ -105,14 +108,14 @@ class KeyStore:
 
     async def get(self, id_or_name: str) -> KeyRecord:
         query = select(KEYS).where(or_(KEYS.c.id == id_or_name, KEYS.c.name == id_or_name))
-        async with self._engine.connect() as connection:
+        async with _database(self._engine.connect()) as connection:
             row = (await connection.execute(query)).first()
         if row is None:
             raise KeyNotFound(f"no API key {id_or_name!r}")
         return _record(row)
 
     async def list(self) -> list[KeyRecord]:
-        async with self._engine.connect() as connection:
+        async with _database(self._engine.connect()) as connection:
             rows = (await connection.execute(select(KEYS).order_by(KEYS.c.created_at, KEYS.c.id))).all()
         return [_record(row) for row in rows]
 
@@ -121,7 +124,7 @@ class KeyStore:
         values = settings.values()
         if values:
             try:
-                async with self._writer.begin() as connection:
+                async with _database(self._writer.begin()) as connection:
                     await connection.execute(update(KEYS).where(KEYS.c.id == record.id).values(values))
             except IntegrityError as exc:
                 raise _name_taken(values.get("name")) from exc
@@ -131,7 +134,7 @@ class KeyStore:
         """Revoke a key for good (revoking it again changes nothing)."""
         record = await self.get(id_or_name)
         if record.revoked_at is None:
-            async with self._writer.begin() as connection:
+            async with _database(self._writer.begin()) as connection:
                 await connection.execute(
                     update(KEYS)
                     .where(KEYS.c.id == record.id, KEYS.c.revoked_at.is_(None))
@@ -142,7 +145,7 @@ class KeyStore:
     async def find(self, key: str) -> KeyRecord | None:
         """The record of the key `key`, revoked or expired ones included; None for no key of ours."""
         digest = self._hasher.digest(key)
-        async with self._engine.connect() as connection:
+        async with _database(self._engine.connect()) as connection:
             rows = (await connection.execute(select(KEYS).where(KEYS.c.prefix == prefix_of(key)))).all()
         for row in rows:
             if hmac.compare_digest(row.hash, digest):
@@ -157,8 +160,21 @@ async def count_usable_keys(engine: AsyncEngine) -> int:
         .select_from(KEYS)
         .where(KEYS.c.revoked_at.is_(None), or_(KEYS.c.expires_at.is_(None), KEYS.c.expires_at > now))
     )
-    async with engine.connect() as connection:
+    async with _database(engine.connect()) as connection:
         return int((await connection.execute(query)).scalar_one())
+
+
+@contextlib.asynccontextmanager
+async def _database(connecting: AbstractAsyncContextManager[AsyncConnection]) -> AsyncIterator[AsyncConnection]:
+    """A connection whose outage (unreachable, no schema) is the store's 503, not a 500."""
+    try:
+        async with connecting as connection:
+            yield connection
+    except Exception as exc:
+        unavailable = as_unavailable(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
 
 
 def _name_taken(name: str | None) -> KeyNameTaken:
