@@ -29,6 +29,9 @@ def access_errors(path: str, operation: Schema, reasons: dict[int, list[str]], c
     if path in PUBLIC_PATHS:
         return
     reasons[401] = [_UNAUTHORIZED]
+    unavailable = reasons.setdefault(503, [])
+    if not any("store_unavailable" in why for why in unavailable):
+        unavailable.append("A key not checked lately could not be, the store being unreachable (`store_unavailable`).")
     if chat:
         reasons[403].append("A model or agent the key may not use (`model_not_allowed`, `agent_not_allowed`).")
     if path.startswith(ADMIN_PREFIX):
