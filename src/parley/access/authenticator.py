@@ -58,6 +58,7 @@ class Authenticator:
         self._cache_seconds = cache_seconds
         self._invalidations_live = invalidations_live
         self._cache: dict[bytes, _Cached] = {}
+        self._generation = 0  # counts changes heard, to tell a lookup that raced one
 
     async def principal_for(self, key: str, end_user: str | None = None) -> Principal | None:
         """The principal of `key` (for `end_user`, when the application names one): ADMIN for the
@@ -72,26 +73,33 @@ class Authenticator:
         cached = self._cache.get(digest)
         now = time.monotonic()
         if cached is None or cached.stale_after < now:
-            cached = self._remember(digest, await self.keys.find(key), now)
+            generation = self._generation
+            record = await self.keys.find(key)
+            # A change heard while the row was read may be newer than the row: then it is used
+            # for this request only, not kept.
+            cached = self._remember(digest, record, now, keep=generation == self._generation)
         if cached.key_expires is not None and cached.key_expires <= time.time():
             return None
         return cached.principal if end_user is None else cached.for_end_user(end_user)
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop the cached lookups of key `key_id` (None: of every key, and every unknown key)."""
+        self._generation += 1
         if key_id is None:
             self._cache.clear()
             return
         for digest in [digest for digest, cached in self._cache.items() if _key_id(cached) in (key_id, None)]:
             del self._cache[digest]
 
-    def _remember(self, digest: bytes, record: KeyRecord | None, now: float) -> _Cached:
+    def _remember(self, digest: bytes, record: KeyRecord | None, now: float, *, keep: bool) -> _Cached:
         usable = record is not None and record.usable(datetime.now(UTC))
         cached = _Cached(
             principal=record.principal() if usable and record is not None else None,
             key_expires=record.expires_at.timestamp() if record is not None and record.expires_at else None,
             stale_after=now + (TRUSTED_SECONDS if self._invalidations_live() else self._cache_seconds),
         )
+        if not keep:
+            return cached
         if len(self._cache) >= MAX_CACHED:
             del self._cache[next(iter(self._cache))]  # the oldest lookup
         self._cache[digest] = cached
