@@ -16,7 +16,7 @@ from typing import Literal
 from fastapi import WebSocket
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from parley.access.edge import AUTH_PENDING, end_user_of, with_end_user
+from parley.access.edge import AUTH_PENDING, end_user_of
 from parley.access.principal import PRINCIPAL_STATE, Principal
 from parley.access.startup import AccessControl
 from parley.api.input_limits import loads_object
@@ -70,10 +70,10 @@ async def _first_frame_principal(socket: WebSocket, access: AccessControl) -> Pr
         end_user = end_user_of(frame.user)
     except (ParleyError, ValidationError):
         return _needs_auth_frame()
-    principal = await access.authenticator.principal_for(frame.api_key)
+    principal = await access.authenticator.principal_for(frame.api_key, end_user)
     if principal is None:
         return AuthenticationFailed("invalid API key: it is unknown, revoked or expired", code="unauthorized")
-    return with_end_user(principal, end_user)
+    return principal
 
 
 def _needs_auth_frame() -> AuthenticationFailed:
