@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from parley.access.allow_lists import ModelAllowList
 from parley.access.edge import AccessMiddleware
 from parley.access.limits_setup import limits_may_apply, open_limit_gate
 from parley.access.ratelimit_headers import RateLimitHeaders
+from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
-from parley.api import chat, conversations, health, openai, ws
+from parley.api import admin_keys, chat, conversations, health, openai, ws
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -42,6 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         limits = await open_limit_gate(settings)  # (first: an unreachable Redis stops the start at once)
         store = await open_store(settings.database_url or default_database_url(settings.data_dir))
+        try:  # None: the server runs open (no keys)
+            access = await open_access(settings, store.engine)
+        except BaseException:
+            await store.aclose()
+            raise
         # Replies left streaming by a server that stopped are marked failed; with a shared database,
         # only those no server has saved for a while (others may still be writing theirs).
         autosave = ReplyAutosave(store, settings.reply_save_seconds, shared=store.engine.dialect.name != "sqlite")
@@ -51,12 +58,15 @@ def create_app(settings: Settings) -> FastAPI:
         tools = ToolRegistry(settings.tools, settings.mcp_servers)
         tools.start()  # MCP servers connect in the background; their tools appear when they are up
         usage = UsageRecorder(store, prices_of(settings.models)) if settings.record_usage else None
-        gates = [gate for gate in (limits, usage) if gate is not None]
+        # The allow-list first: a model a key may not use takes nothing from its limits.
+        allow_list = ModelAllowList() if access is not None else None
+        gates = [gate for gate in (allow_list, limits, usage) if gate is not None]
         chat = ChatService(
             registry, settings.agents, track=lifecycle.track, gates=gates, tools=tools, tool_settings=settings.tools
         )
         app.state.tools = tools
         app.state.usage = usage
+        app.state.access = access
         app.state.settings = settings
         app.state.registry = registry
         app.state.store = store
@@ -81,6 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await limits.aclose()
             await store.stop_repairs()
             await store.aclose()
+            if access is not None:
+                await access.aclose()
 
     # Swagger UI's and ReDoc's assets served by Parley itself (fastapi-offline): /docs works offline.
     app = FastAPIOffline(
@@ -96,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ws.router)
     app.include_router(health.router)
     app.include_router(usage_api.router)
+    app.include_router(admin_keys.router)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)
@@ -104,6 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics_router)
     app.state.lifecycle = lifecycle
     app.state.observability = observability
+    app.state.access = None  # until the lifespan decides (AccessMiddleware reads it)
     install_error_handlers(app)
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -19,15 +20,20 @@ from rich.console import Console
 from rich.table import Table
 
 from parley import cli_usage
+from parley.cli_keys import app as keys_app
 from parley.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Parley: a streaming chat backend for LLM applications.", no_args_is_help=True)
 app.add_typer(cli_usage.app, name="usage", help="A running server's usage: requests, tokens, errors and cost.")
 console = Console()
 errors = Console(stderr=True)
+app.add_typer(keys_app, name="keys")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]
+KeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="PARLEY_API_KEY", help="An API key, for a server that requires one.")
+]
 
 
 # Python's default starts a collection every 700 net allocations. A proxied stream allocates a
@@ -52,16 +58,25 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+    allow_open: Annotated[
+        bool, typer.Option("--allow-open", help="Run with no API keys on a non-loopback address, deliberately.")
+    ] = False,
 ) -> None:
     """Start the server. With no config, it serves the bundled SmolLM2 model."""
+    from parley.access.startup import check_access
     from parley.app import create_app
     from parley.observability.json_logs import configure_logging
     from parley.serving import serve as serve_app
 
     try:
-        settings: Settings = load_settings(config, host=host, port=port)
+        settings: Settings = load_settings(config, host=host, port=port, allow_open=allow_open or None)
     except ConfigError as exc:
         errors.print(f"[red]Invalid configuration:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    try:
+        asyncio.run(check_access(settings))
+    except ConfigError as exc:
+        errors.print(f"[red]Refusing to start:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
     models = ", ".join(f"{m.name} ({m.provider})" for m in settings.models)
@@ -75,9 +90,9 @@ def serve(
 
 
 @app.command()
-def models(url: UrlOption = DEFAULT_URL) -> None:
+def models(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """List the models of a running server."""
-    reply = _request("GET", f"{url}/v1/models")
+    reply = _request("GET", f"{url}/v1/models", api_key)
     table = Table("model", "provider", "ready")
     for model in reply["data"]:
         table.add_row(model["id"], model["owned_by"].removeprefix("parley:"), "yes" if model["ready"] else "no")
@@ -87,6 +102,7 @@ def models(url: UrlOption = DEFAULT_URL) -> None:
 @app.command()
 def chat(
     url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
     model: Annotated[str | None, typer.Option(help="Model name (default: the server's first).")] = None,
     agent: Annotated[str | None, typer.Option(help="A configured agent.")] = None,
     conversation: Annotated[str | None, typer.Option(help="Continue this conversation id.")] = None,
@@ -95,7 +111,7 @@ def chat(
     ] = None,
 ) -> None:
     """Chat in the terminal with a running server; replies stream as they are written."""
-    session = _ChatSession(url, model, agent, conversation)
+    session = _ChatSession(url, model, agent, conversation, api_key)
     if message is not None:
         session.send(message)
         return
@@ -150,12 +166,14 @@ def _keys_held_back() -> Iterator[None]:
 
 
 class _ChatSession:
-    def __init__(self, url: str, model: str | None, agent: str | None, conversation: str | None) -> None:
+    def __init__(
+        self, url: str, model: str | None, agent: str | None, conversation: str | None, api_key: str | None = None
+    ) -> None:
         self._url = url
         self._model = model
         self._agent = agent
         self.conversation = conversation
-        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None), headers=_auth_headers(api_key))
 
     def send(self, text: str) -> None:
         body = {
@@ -205,9 +223,13 @@ class _ChatSession:
             console.print(f"\n[red]error:[/red] {data['message']}", highlight=False)
 
 
-def _request(method: str, url: str) -> dict[str, Any]:
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {} if not api_key else {"Authorization": f"Bearer {api_key}"}
+
+
+def _request(method: str, url: str, api_key: str | None = None) -> dict[str, Any]:
     try:
-        reply = httpx.request(method, url, timeout=10)
+        reply = httpx.request(method, url, timeout=10, headers=_auth_headers(api_key))
     except httpx.TransportError as exc:
         _fail(f"cannot reach {url}: {exc}")
     if reply.status_code != 200:

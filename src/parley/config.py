@@ -222,9 +222,15 @@ class Settings(BaseSettings):
     auth: Literal["auto", "required", "off"] = "auto"
     admin_key_env: str = "PARLEY_ADMIN_KEY"  # the environment variable holding the admin key
     allow_open: bool = False  # run without keys on a non-loopback address, deliberately
+    # The variable holding the secret API keys are hashed with (required when servers share a
+    # PostgreSQL store; else, when unset, a random one is kept in data_dir/key-secret).
+    key_secret_env: str = "PARLEY_KEY_SECRET"
+    # Without Redis, how long a key's lookup is trusted: a key revoked on another server still
+    # works here for at most this long (on the server that revoked it, not at all).
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Shared counters (limits, budgets) and, later, run events: needed when instances share a database.
     redis_url: str | None = None
-    redis_prefix: str = Field(default="parley:", max_length=64)  # before every key Parley keeps in Redis
+    redis_prefix: str = Field(default="parley", min_length=1, max_length=64)  # of Parley's Redis keys and channels
     # Tokens reserved for a reply whose request, model and defaults set no max_tokens, when a token
     # limit or budget applies (settled against the real usage when the reply ends).
     limit_reserve_tokens: int = Field(default=4096, ge=1)

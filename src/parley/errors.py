@@ -78,6 +78,37 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class AuthenticationFailed(ParleyError):
+    """No API key, or one Parley doesn't accept (unknown, revoked, expired): 401."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": 'Bearer realm="parley"'})
+
+
+class PermissionDenied(ParleyError):
+    """A valid key asked for what it may not use (a model, an agent, the admin API): 403."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class KeyNotFound(ParleyError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "key_not_found"
+
+
+class KeyNameTaken(ParleyError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "key_name_taken"
+
+
 class RateLimited(ParleyError):
     status_code = 429
     error_type = "rate_limit_error"

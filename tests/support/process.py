@@ -54,16 +54,20 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def parley_process(config: Path, *, ready_timeout: float = 120) -> Iterator[ServerProcess]:
+def parley_process(
+    config: Path, *, ready_timeout: float = 120, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Iterator[ServerProcess]:
     """`parley serve --config CONFIG` in a subprocess, once /ready says so; stopped afterwards if
-    the test didn't stop it. Its output goes to a file (a pipe nobody reads could fill and block it)."""
+    the test didn't stop it. Its output goes to a file (a pipe nobody reads could fill and block it).
+    `env`: variables set for it on top of this process's own."""
     port = free_port()
     log = config.with_name(f"parley-{port}.log")
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [str(PARLEY), "serve", "--config", str(config), "--port", str(port)],
+            [str(PARLEY), "serve", "--config", str(config), "--port", str(port), *args],
             stdout=output,
             stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
     try:
@@ -85,7 +89,7 @@ def parley_process(config: Path, *, ready_timeout: float = 120) -> Iterator[Serv
 
 
 @contextlib.contextmanager
-def parley_serve(config: Path, *, ready_timeout: float = 120) -> Iterator[str]:
+def parley_serve(config: Path, *, ready_timeout: float = 120, env: dict[str, str] | None = None) -> Iterator[str]:
     """`parley serve --config CONFIG` in a subprocess; yields its base URL once /ready says so."""
-    with parley_process(config, ready_timeout=ready_timeout) as server:
+    with parley_process(config, ready_timeout=ready_timeout, env=env) as server:
         yield server.url

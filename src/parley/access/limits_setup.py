@@ -28,7 +28,7 @@ async def open_limit_gate(settings: Settings) -> LimitGate | None:
         except (RedisError, OSError) as exc:
             await redis.aclose()
             raise ConfigError(f"redis_url: Redis can't be reached ({exc}); limits need it") from exc
-        counters = RedisCounters(redis, settings.redis_prefix)
+        counters = RedisCounters(redis, f"{settings.redis_prefix}:")
     else:
         counters = LocalCounters()
     return LimitGate(counters, model_limits(settings.models), reserve_tokens=settings.limit_reserve_tokens)

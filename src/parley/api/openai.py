@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from parley.access.principal import OPEN, PRINCIPAL_STATE, Principal
+from parley.access.allow_lists import visible_models
+from parley.access.edge import end_user_of, with_end_user
+from parley.access.principal import OPEN, PRINCIPAL_STATE, Principal, principal_of
 from parley.api.deps import RegistryDep
 from parley.api.error_handlers import error_response
 from parley.api.input_limits import loads_object
@@ -64,8 +66,11 @@ class ChatCompletionsRoute:
             return None
         state = scope["app"].state
         body = _validated(raw, state.settings.max_json_depth)
+        principal = scope_principal(scope)
+        if body.user is not None and principal.end_user is None:
+            principal = with_end_user(principal, end_user_of(body.user))
         model, agent = agent_model(body.model)
-        run = await state.chat.start(body.to_request(), model=model, agent=agent, principal=scope_principal(scope))
+        run = await state.chat.start(body.to_request(), model=model, agent=agent, principal=principal)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return await stream_run(state.settings, run, ChunkEncoder(run, include_usage, body.parley_steps))
@@ -141,8 +146,11 @@ def openapi_path() -> dict[str, Any]:
 
 @router.get("/models")
 async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]:
-    """The models, then the agents (`agent:NAME`, on their own model, prompt and tools)."""
+    """The models this key may use (every model, on a server that runs open), then the agents
+    (`agent:NAME`, on their own model, prompt and tools)."""
     created = int(time.time())
+    principal = principal_of(request)
+    allowed = set(visible_models(principal, [entry.config.name for entry in registry.entries()]))
     models = [
         {
             "id": entry.config.name,
@@ -152,6 +160,7 @@ async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]
             "ready": entry.state is ModelState.READY,
         }
         for entry in registry.entries()
+        if entry.config.name in allowed
     ]
     ready = {model["id"]: model["ready"] for model in models}
     agents = [
@@ -164,5 +173,7 @@ async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]
         }
         for agent in request.app.state.chat.agents()
         if agent != IMPLICIT_DEFAULT_AGENT  # (the default model itself, under another name)
+        and (principal.agents is None or agent.name in principal.agents)
+        and (agent.model or registry.default_name) in allowed
     ]
     return {"object": "list", "data": [*models, *agents]}

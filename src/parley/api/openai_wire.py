@@ -8,6 +8,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from parley.access.edge import END_USER_PATTERN, MAX_END_USER_CHARS
 from parley.api.input_limits import MAX_STOP_SEQUENCES, Flag, Integer, MaxTokens, Name, Seed, Temperature, TopP
 from parley.chat.run import Run
 from parley.errors import ParleyError
@@ -71,6 +72,9 @@ class ChatCompletionBody(BaseModel):
     # Parley's extension (the official clients send it with `extra_body`): an agent's steps (tool
     # calls Parley runs, their results, handoffs) as `parley` objects on otherwise empty chunks.
     parley_steps: Flag = False
+    # The end user an application serves (OpenAI's field): owns what is stored for them, unless
+    # the request names one in `X-Parley-User` already.
+    user: str | None = Field(default=None, max_length=MAX_END_USER_CHARS, pattern=END_USER_PATTERN)
 
     @field_validator("stop")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from parley.api import openai
+from parley.api.access_doc import access_errors, add_security
 from parley.api.chat_schema import stream_event_schemas
 from parley.api.compat.chatkit_doc import request_schemas as chatkit_request_schemas
 from parley.api.input_limits import MAX_STOP_SEQUENCES
@@ -64,6 +65,8 @@ def complete(schema: Schema, app: FastAPI) -> Schema:
     _describe_successes(paths)
     _add_model_rules(schemas, paths)
     _add_server_rules(schemas, app)
+    if getattr(app.state, "access", None) is not None:
+        add_security(schema)
     return schema
 
 
@@ -121,6 +124,7 @@ def _document_errors(path: str, operation: Operation) -> None:
     if chat:
         reasons[503].append("The model is still loading or failed to load (`model_not_ready`).")
         reasons[504] = ["The model's upstream did not answer in time (`upstream_timeout`)."]
+    access_errors(path, operation, reasons, chat)
     for status, why in sorted(reasons.items()):
         headers = _RETRY_AFTER if status in (429, 503) else None
         responses.setdefault(str(status), {}).update(_error(" ".join(why), headers))

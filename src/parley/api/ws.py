@@ -11,6 +11,12 @@ A cancelled reply, or one whose client left, is saved as cancelled with its part
 cancel that comes after the model finished changes nothing. Frames are text, or binary holding
 JSON in UTF-8. Malformed frames get an error frame (`code: "invalid_frame"`) and the socket
 stays open.
+
+On a server that requires keys, a socket sends its key as a header (`Authorization` or
+`x-api-key`), or, from a browser, offers the subprotocols `parley` and `parley.key.<key>`
+(`new WebSocket(url, ["parley", "parley.key." + key])`; the server answers `parley`), or sends
+`{"type": "auth", "api_key": "<key>"}` as its first frame (`parley.api.ws_auth`). Never in the URL,
+which access logs keep.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from parley.access.edge import WS_PROTOCOL
 from parley.access.principal import principal_of
 from parley.api.chat_events import ChatEvents, NamedEvent
 from parley.api.compat.workshop import WorkshopFrames
 from parley.api.deps import ConversationChatDep
 from parley.api.draining import SERVICE_RESTART
 from parley.api.streaming import close_run
+from parley.api.ws_auth import authenticate_first_frame, awaiting_key
 from parley.api.ws_frames import MessageFrame, parse_frame
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
@@ -185,7 +193,9 @@ def _parley_frame(named: NamedEvent) -> dict[str, Any]:
 
 @router.websocket("/ws/chat/{session_id}")
 async def chat_socket(socket: WebSocket, session_id: str, conversations: ConversationChatDep) -> None:
-    await socket.accept()
+    await socket.accept(subprotocol=WS_PROTOCOL if WS_PROTOCOL in socket.scope.get("subprotocols", ()) else None)
+    if awaiting_key(socket) and await authenticate_first_frame(socket, socket.app.state.access) is None:
+        return
     lifecycle: Lifecycle = socket.app.state.lifecycle
     session = _Session(socket, session_id, conversations, lifecycle)
     lifecycle.add_session(session)

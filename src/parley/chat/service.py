@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
+from parley.access.allow_lists import check_agent
 from parley.access.principal import OPEN, Principal
 from parley.chat.admission import NOTHING_ADMITTED, Admitted, Gate, admit_all
 from parley.chat.agent_loop import AgentLoop
@@ -53,9 +54,13 @@ class ChatService:
     def agents(self) -> list[AgentConfig]:
         return list(self._agents.values())
 
-    def resolve(self, model: str | None, agent: str | None) -> tuple[ModelEntry, AgentConfig | None]:
+    def resolve(
+        self, model: str | None, agent: str | None, principal: Principal = OPEN
+    ) -> tuple[ModelEntry, AgentConfig | None]:
         """The model a request runs on (its own choice, else its agent's, else the default)."""
         agent_config = self.agent(agent) if agent is not None else None
+        if agent is not None and principal.agents is not None:
+            check_agent(principal, agent)
         if model is None and agent_config is not None:
             model = agent_config.model
         return self._registry.get(model), agent_config
@@ -68,7 +73,7 @@ class ChatService:
         principal: Principal = OPEN,
     ) -> Run:
         """Check and admit the request, and begin generating; nothing runs until iterated."""
-        entry, agent_config = self.resolve(model, agent)
+        entry, agent_config = self.resolve(model, agent, principal)
         request = with_system_prompt(request, agent_config, apply_actions=True)
         admitted = await self.admit(principal, entry, request, agent_config)
         return self.begin(entry, request, admitted, agent_config)

@@ -56,7 +56,7 @@ class ConversationChat:
         """
         params = params or GenerationParams()
         owner = principal.owner  # another owner's conversation is not found, before anything is written
-        entry, agent_config = self._chat.resolve(model, agent)
+        entry, agent_config = self._chat.resolve(model, agent, principal)
         window = history_window(entry.model.context_size)
         recent = RecentHistory([], 0)
         if conversation_id is not None:  # (a new, client-chosen id is created with the turn)

@@ -147,3 +147,25 @@ class UsageRow(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)  # replies that failed
     cost: Mapped[float] = mapped_column(Double)  # from the models' configured prices
+
+
+class ApiKeyRow(Base):
+    """An API key (revision 0005): only its keyed hash is kept, with a short prefix to find it by."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 of the key, hex
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger)
+    max_streams: Mapped[int | None] = mapped_column(Integer)
+    daily_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # None: every model
+    agents: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # None: every agent
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
