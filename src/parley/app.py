@@ -42,13 +42,16 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        limits = await open_limit_gate(settings)  # (first: an unreachable Redis stops the start at once)
         store = await open_store(settings.database_url or default_database_url(settings.data_dir))
-        try:  # None: the server runs open (no keys)
+        try:  # access None: the server runs open (no keys)
             access = await open_access(settings, store.engine)
+            limits = await open_limit_gate(  # (an unreachable Redis stops the start here)
+                settings, keys_required=access is not None, on_refused=observability.rate_limited
+            )
         except BaseException:
             await store.aclose()
             raise
+        app.state.limits = limits
         # Replies left streaming by a server that stopped are marked failed; with a shared database,
         # only those no server has saved for a while (others may still be writing theirs).
         autosave = ReplyAutosave(store, settings.reply_save_seconds, shared=store.engine.dialect.name != "sqlite")
@@ -118,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.lifecycle = lifecycle
     app.state.observability = observability
     app.state.access = None  # until the lifespan decides (AccessMiddleware reads it)
+    app.state.limits = None  # until the lifespan decides (RateLimitHeaders reads it)
     install_error_handlers(app)
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from parley.access.limit_counters import NEVER, Ask, Counters, LimitedScope, Verdict, budget_periods
 from parley.access.principal import KeyLimits, Principal
@@ -48,8 +48,16 @@ def model_limits(models: Iterable[ModelConfig]) -> dict[str, KeyLimits]:
 
 
 class LimitGate:
-    def __init__(self, counters: Counters, model_limits: dict[str, KeyLimits], *, reserve_tokens: int) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        model_limits: dict[str, KeyLimits],
+        *,
+        reserve_tokens: int,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._counters = counters
+        self._on_refused = on_refused  # told (limit, key alias) of each refusal: the metrics
         self._model_scopes = {name: LimitedScope(f"model:{name}", limits) for name, limits in model_limits.items()}
         self._key_scopes: dict[str, LimitedScope] = {}  # built once per key (and again if its limits change)
         self._reserve_tokens = reserve_tokens
@@ -72,6 +80,8 @@ class LimitGate:
         verdict = await self._counters.reserve(ask)
         add_rate_limit_headers(_headers(ask, verdict))
         if verdict.refusal is not None:
+            if self._on_refused is not None:
+                self._on_refused(verdict.refusal, principal.alias)
             raise _refused(ask, verdict)
         return _Reservation(self._counters, ask, verdict.window, prompt)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -12,13 +14,16 @@ from parley.config import ConfigError, Settings
 
 
 def limits_may_apply(settings: Settings) -> bool:
-    """Whether any generation can meet a limit: a model has limits, or keys (which may carry
-    their own) are required. When not, there is no gate and no header middleware at all."""
-    return bool(model_limits(settings.models)) or settings.auth == "required"
+    """Whether any generation may meet a limit: a model has limits, or keys (which may carry their
+    own) may be required. When not, there is no gate and no header middleware at all."""
+    return bool(model_limits(settings.models)) or settings.auth != "off"
 
 
-async def open_limit_gate(settings: Settings) -> LimitGate | None:
-    if not limits_may_apply(settings):
+async def open_limit_gate(
+    settings: Settings, *, keys_required: bool, on_refused: Callable[[str, str], None] | None = None
+) -> LimitGate | None:
+    """The limits gate, when a model has limits or keys are required (they may carry limits)."""
+    if not model_limits(settings.models) and not keys_required:
         return None
     counters: Counters
     if settings.redis_url is not None:
@@ -31,4 +36,6 @@ async def open_limit_gate(settings: Settings) -> LimitGate | None:
         counters = RedisCounters(redis, f"{settings.redis_prefix}:")
     else:
         counters = LocalCounters()
-    return LimitGate(counters, model_limits(settings.models), reserve_tokens=settings.limit_reserve_tokens)
+    return LimitGate(
+        counters, model_limits(settings.models), reserve_tokens=settings.limit_reserve_tokens, on_refused=on_refused
+    )

@@ -30,7 +30,7 @@ class RateLimitHeaders:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["app"].state.limits is None:  # (no limits after all: keys off)
             await self._app(scope, receive, send)
             return
         pending: Headers = []
