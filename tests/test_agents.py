@@ -262,12 +262,13 @@ def test_the_websocket_shows_the_steps_and_a_cancel_stops_a_running_tool(parley:
         assert text_of(ws_chat(ws, 'add {"a": 2, "b": 3}', agent="recover")) == "Recovered after: 5 "
 
 
-def test_the_tutor_example_config_sends_its_actions_to_the_model(upstream: Upstream) -> None:
+def test_the_tutor_example_config_sends_its_actions_to_the_model(upstream: Upstream, tmp_path: Path) -> None:
     from parley.config import load_settings
 
     example = Path(__file__).resolve().parent.parent / "examples" / "tutor.toml"
     v1 = upstream.base_url + "/v1"
-    settings = load_settings(example, models=[{"name": "agent-echo", "provider": "openai", "base_url": v1}])
+    model = {"name": "agent-echo", "provider": "openai", "base_url": v1}
+    settings = load_settings(example, models=[model], data_dir=tmp_path)
     [tutor] = [agent for agent in settings.agents if agent.name == "tutor"]
     assert [action.prefix for action in tutor.actions] == ["Explain:", "Translate to Urdu:", "Summarize:"]
     with running_parley(settings) as url:
@@ -316,3 +317,17 @@ def test_the_conversation_remembers_which_agent_answered(parley: str) -> None:
     reply = httpx.get(f"{parley}/api/conversations/{conversation}").json()["messages"][1]
     assert reply["agent"] == "billing"
     assert reply["steps"][0]["tool_calls"][0]["function"]["name"] == "transfer_to_billing"
+
+
+def test_parley_mcp_lists_and_refreshes_a_running_servers_mcp_servers(parley: str) -> None:
+    from tests.support.process import run_parley
+
+    refreshed = httpx.post(f"{parley}/api/admin/mcp/refresh", timeout=30)
+    assert refreshed.status_code == 200
+    [files] = refreshed.json()
+    assert files["name"] == "files" and files["state"] == "ready" and "files__add" in files["tools"]
+    shown = run_parley("mcp", "refresh", "--url", parley)
+    assert shown.returncode == 0, shown.stderr
+    assert "files" in shown.stdout and "ready" in shown.stdout and "files__add" in shown.stdout
+    listed = run_parley("mcp", "list", "--url", parley)
+    assert listed.returncode == 0 and "files__slow" in listed.stdout

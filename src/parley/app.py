@@ -15,7 +15,7 @@ from parley.access.limits_setup import limits_may_apply, open_limit_gate
 from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
-from parley.api import admin_keys, chat, conversations, health, openai, ws
+from parley.api import admin_keys, admin_mcp, chat, conversations, health, openai, ws
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(usage_api.router)
     app.include_router(admin_keys.router)
+    app.include_router(admin_mcp.router)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)

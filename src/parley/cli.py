@@ -21,6 +21,7 @@ from rich.table import Table
 
 from parley import cli_usage
 from parley.cli_keys import app as keys_app
+from parley.cli_mcp import app as mcp_app
 from parley.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Parley: a streaming chat backend for LLM applications.", no_args_is_help=True)
@@ -28,6 +29,7 @@ app.add_typer(cli_usage.app, name="usage", help="A running server's usage: reque
 console = Console()
 errors = Console(stderr=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(mcp_app, name="mcp")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]

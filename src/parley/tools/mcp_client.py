@@ -53,6 +53,7 @@ class MCPServer:
         self._task: asyncio.Task[None] | None = None
         self._calls: set[anyio.CancelScope] = set()  # the calls waiting for an answer
         self._changed = asyncio.Condition()  # notified when the state or the tool list changes
+        self.listings = 0  # how many times the tool list was read (a refresh waits for the next)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._keep_connected(), name=f"mcp-{self.name}")
@@ -76,9 +77,16 @@ class MCPServer:
             self._changed.notify_all()
 
     def refresh(self) -> None:
-        """List the server's tools again (as on its `tools/list_changed` notification)."""
+        """List the server's tools again (as on its `tools/list_changed` notification); a server
+        that is down is tried again at once instead of after its backoff."""
         self._refresh = True
         self._wake.set()
+
+    async def refreshed(self, seconds: float) -> bool:
+        """Refresh, and wait up to `seconds` for the new list (False: the server did not answer)."""
+        before = self.listings
+        self.refresh()
+        return await self.wait_until(lambda server: server.listings > before, seconds)
 
     async def call(self, tool: str, arguments: dict[str, Any], seconds: float) -> str:
         session = self._session
@@ -147,7 +155,11 @@ class MCPServer:
             self._session, self.state = None, "down"
             self._ready.set()  # (whoever waits for the first connection learns it failed)
             await self._announce()
-            await asyncio.sleep(delay)  # backoff between reconnection attempts
+            self._wake.clear()  # (set by the loss itself)
+            with contextlib.suppress(TimeoutError):  # backoff between attempts, cut short by refresh()
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
             delay = min(delay * 2, LAST_RETRY_SECONDS)
 
     async def _serve(self, session: ClientSession) -> None:
@@ -177,6 +189,7 @@ class MCPServer:
             if not cursor:
                 break
         self.tools = {f"{self.name}{SEPARATOR}{tool.name}": MCPTool(self, tool) for tool in listed}
+        self.listings += 1
 
     async def _on_message(
         self,
