@@ -155,7 +155,12 @@ def fake_upstream(content_chunks: int) -> Iterator[tuple[int, int]]:
 
 @contextlib.contextmanager
 def parley_server(
-    upstream_port: int, workdir: Path, source: Path | None = None, settings: str = "", model_settings: str = ""
+    upstream_port: int,
+    workdir: Path,
+    source: Path | None = None,
+    settings: str = "",
+    model_settings: str = "",
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Yield (port, pid) of a `parley serve` in front of the upstream (from `source` if given).
 
@@ -179,7 +184,9 @@ def parley_server(
     port = free_port()
     executable = Path(sys.executable).parent / "parley"
     command = [str(executable)] if executable.exists() and source is None else [sys.executable, "-m", "parley.cli"]
-    env = {**os.environ, "PYTHONPATH": str(source.resolve())} if source is not None else None
+    child_env = {**os.environ, **(env or {})}
+    if source is not None:
+        child_env["PYTHONPATH"] = str(source.resolve())
     log_path = workdir / "parley.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -187,7 +194,7 @@ def parley_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env=env,
+            env=child_env,
         )
     try:
         asyncio.run(_wait_ready(f"http://127.0.0.1:{port}/ready", process, log_path))

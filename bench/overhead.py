@@ -34,6 +34,8 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,12 +76,20 @@ REQUEST_BODY = json.dumps(
 FIRST_CONTENT = re.compile(rb'"content":\s*"[^"]')
 
 
+# Headers a server's clients send (a key, for a server that requires one), by its base URL.
+CLIENT_HEADERS: dict[str, dict[str, str]] = {}
+
+
+def _headers(url: str) -> dict[str, str]:
+    return CLIENT_HEADERS.get(url.removesuffix(CHAT_PATH), JSON)
+
+
 async def _stream(session: aiohttp.ClientSession, url: str, *, ttft: bool = False) -> tuple[float | None, bytes]:
     """One whole streamed request; returns (seconds to the first content chunk if asked, the tail)."""
     started = time.perf_counter()
     first: float | None = None
     tail = b""
-    async with session.post(url, data=REQUEST_BODY, headers=JSON) as reply:
+    async with session.post(url, data=REQUEST_BODY, headers=_headers(url)) as reply:
         if reply.status != 200:
             raise BenchError(f"{url} answered {reply.status}: {(await reply.read())[:300]!r}")
         async for chunk in reply.content.iter_any():
@@ -102,7 +112,7 @@ async def check_reply(base_url: str, content_chunks: int) -> None:
     """One full request, read completely: every content chunk, the usage chunk and [DONE] arrive."""
     async with (
         aiohttp.ClientSession() as session,
-        session.post(base_url + CHAT_PATH, data=REQUEST_BODY, headers=JSON) as reply,
+        session.post(base_url + CHAT_PATH, data=REQUEST_BODY, headers=_headers(base_url)) as reply,
     ):
         body = await reply.read()
     contents = len(re.findall(rb'"content":\s*"tok\d+ "', body))
@@ -283,6 +293,11 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
     parser.add_argument("--metrics", action="store_true", help="also a Parley with metrics on, side by side")
     parser.add_argument(
+        "--access",
+        metavar="REDIS_URL",
+        help="also measure a Parley with everything on: keys required (a pk- key), its limits in this Redis, metrics",
+    )
+    parser.add_argument(
         "--limits",
         metavar="REDIS_URL",
         help="also measure a Parley whose model has limits and a budget, counted in this Redis",
@@ -313,6 +328,8 @@ def main() -> int:
             compared.append(("metrics", metrics))
         if args.limits is not None:
             compared.append(("limits", others.enter_context(_limited_parley(upstream[0], Path(workdir), args.limits))))
+        if args.access is not None:
+            compared.append(("access", others.enter_context(_guarded_parley(upstream[0], Path(workdir), args.access))))
         return runner.run(bench(args, upstream, parley, compared))
 
 
@@ -331,6 +348,38 @@ def _limited_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterat
             settings=f'redis_url = "{redis_url}"\nredis_prefix = "{prefix}"\n',
             model_settings=limits,
         ) as server:
+            yield server
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@contextlib.contextmanager
+def _guarded_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterator[tuple[int, int]]:
+    """A Parley with access all on: keys required, the clients' `pk-` key limited (too high to
+    refuse, so every request reserves and settles in Redis), and Prometheus metrics collected."""
+    folder = workdir / "access"
+    folder.mkdir(exist_ok=True)
+    prefix = f"parley-bench-access-{os.getpid()}"
+    env = {"PARLEY_ADMIN_KEY": secrets.token_urlsafe(32), "PARLEY_KEY_SECRET": secrets.token_urlsafe(32)}
+    settings = f'data_dir = "{folder / "data"}"\nredis_url = "{redis_url}"\nredis_prefix = "{prefix}"\n'
+    config = folder / "keys.toml"
+    config.write_text(settings + '[[models]]\nname = "bench"\nprovider = "fake"\n')
+    limits = ["--rpm", "1000000000", "--tpm", "1000000000000", "--daily-tokens", "1000000000000"]
+    created = subprocess.run(
+        [sys.executable, "-m", "parley.cli", "keys", "create", "--config", str(config), "--name", "bench", *limits],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = created.stdout.strip()
+    try:
+        with parley_server(upstream_port, folder, settings=settings, env=env) as server:
+            CLIENT_HEADERS[f"http://127.0.0.1:{server[0]}"] = {**JSON, "Authorization": f"Bearer {key}"}
             yield server
     finally:
         client = redis.Redis.from_url(redis_url)
