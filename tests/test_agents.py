@@ -38,6 +38,13 @@ def _agents() -> list[dict[str, Any]]:
         {"name": "recover", "model": "agent-recover", "tools": ["files__*"], "tool_timeout_seconds": 1},
         {"name": "patient", "model": "agent-recover", "tools": ["files__*"], "tool_timeout_seconds": 60},
         {"name": "forever", "model": "agent-forever", "tools": ["calculator"], "max_steps": 3},
+        {
+            "name": "hurried",
+            "model": "agent-recover",
+            "tools": ["files__*"],
+            "tool_timeout_seconds": 60,
+            "run_timeout_seconds": 1,
+        },
         {"name": "client", "model": "agent-client", "tools": ["calculator"]},
         {"name": "cut", "model": "agent-cut", "tools": ["calculator"]},
         {"name": "tutor", "model": "agent-echo", "system_prompt": "You are a tutor.", "actions": TUTOR_ACTIONS},
@@ -331,3 +338,14 @@ def test_parley_mcp_lists_and_refreshes_a_running_servers_mcp_servers(parley: st
     assert "files" in shown.stdout and "ready" in shown.stdout and "files__add" in shown.stdout
     listed = run_parley("mcp", "list", "--url", parley)
     assert listed.returncode == 0 and "files__slow" in listed.stdout
+
+
+def test_a_reply_past_the_agents_time_limit_ends_with_an_error_event(parley: str) -> None:
+    started = time.monotonic()
+    events = chat(parley, "hurried", 'slow {"seconds": 30}')
+    assert names(events)[-1] == "error"
+    assert only(events, "error")[0]["code"] == "agent_time_limit"
+    assert time.monotonic() - started < 10
+    conversation = only(events, "message_start")[0]["conversation_id"]
+    reply = httpx.get(f"{parley}/api/conversations/{conversation}").json()["messages"][1]
+    assert reply["status"] == "failed" and "time limit of 1 seconds" in reply["error"]
