@@ -350,11 +350,7 @@ def _limited_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterat
         ) as server:
             yield server
     finally:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        _forget_redis_keys(redis_url, prefix)
 
 
 @contextlib.contextmanager
@@ -382,11 +378,16 @@ def _guarded_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterat
             CLIENT_HEADERS[f"http://127.0.0.1:{server[0]}"] = {**JSON, "Authorization": f"Bearer {key}"}
             yield server
     finally:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        _forget_redis_keys(redis_url, prefix)
+
+
+def _forget_redis_keys(redis_url: str, prefix: str) -> None:
+    """Remove what a benchmarked server kept in Redis under its own prefix."""
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 if __name__ == "__main__":
