@@ -43,7 +43,8 @@ def exported(upstream: Upstream) -> dict[str, str]:
     os.environ[ADMIN_KEY_ENV] = ADMIN_KEY
     models = [{"name": "text", "provider": "openai", "base_url": upstream.base_url + "/v1"}]
     try:
-        with running_parley(models=models, admin_key_env=ADMIN_KEY_ENV) as url:
+        # Keys off (an admin key alone would turn them on): the chats here are a client's without a key.
+        with running_parley(models=models, admin_key_env=ADMIN_KEY_ENV, auth="off") as url:
             openai.OpenAI(base_url=url + "/v1", api_key="unused").chat.completions.create(
                 model="text", messages=[{"role": "user", "content": new_marker()}]
             )

@@ -164,8 +164,10 @@ def test_sqlite_tables_lost_under_a_running_server_are_set_up_again(
         async def drop_tables() -> None:
             engine = create_async_engine(async_url(url), poolclass=NullPool)
             try:
-                async with engine.begin() as connection:
-                    for table in ("messages", "conversations", "parley_alembic_version"):
+                async with engine.begin() as connection:  # every table Parley made, children first
+                    names = await connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))
+                    tables = sorted((name for (name,) in names), key=lambda table: table != "messages")
+                    for table in tables:
                         await connection.execute(text(f"DROP TABLE {table}"))
             finally:
                 await engine.dispose()
