@@ -54,8 +54,12 @@ class Normaliser:
         return batch
 
     def _parsed(self, batch: EventBatch, parser: HarmonyParser) -> EventBatch:
-        if parser.passes_through and not any(type(e) is TextDelta and "<" in e.text for e in batch):
-            return batch  # plain text with no markup in sight: as it came (the usual case, once decided)
+        if parser.passes_through:  # plain text so far: a batch with no markup in sight passes as it came
+            for event in batch:
+                if type(event) is TextDelta and "<" in event.text:
+                    break
+            else:
+                return batch
         out: list[StreamEvent] = []
         for event in batch:
             if isinstance(event, TextDelta):
