@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from parley.chat.agents import Agent
+from parley.chat.steps import StepRecord
 from parley.errors import ParleyError
 from parley.events import (
     AgentHandoff,
@@ -49,14 +50,6 @@ class _Call:
     arguments: list[str] = field(default_factory=list)
     server: bool | None = None  # None until its name is known
     held: list[ToolCallDelta] = field(default_factory=list)  # pieces that came before the name
-
-
-@dataclass(slots=True)
-class StepRecord:
-    """What the conversation keeps of the steps: assistant tool calls and tool results, in order."""
-
-    messages: list[ChatMessage] = field(default_factory=list)
-    agents: list[str] = field(default_factory=list)  # the agents that answered, in order
 
 
 class AgentLoop:

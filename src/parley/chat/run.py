@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from parley.chat.agent_loop import StepRecord
+from parley.chat.steps import StepRecord
 from parley.errors import ParleyError, as_parley_error
 from parley.events import (
     EventBatch,
