@@ -18,18 +18,36 @@ router = APIRouter(prefix="/api", tags=["Usage"])
 MAX_DAYS = 366
 
 
-@router.get("/usage")
+# A day as `YYYY-MM-DD` only: pydantic's lax dates would also take `0` (1970-01-01) or a timestamp.
+Day = Annotated[str, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+
+
+def _day(text: str | None, param: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(
+            f"`{param}` is not a day of the calendar: {text}", param=f"query.{param}", code="invalid_value"
+        ) from None
+
+
+@router.get(
+    "/usage",
+    responses={400: {"description": "A day that doesn't exist, `from` after `to`, or more than 366 days."}},
+)
 async def usage(
     request: Request,
-    first: Annotated[
-        date | None, Query(alias="from", description="First UTC day (default: this month's first).")
+    first_day: Annotated[
+        Day | None, Query(alias="from", description="First UTC day, YYYY-MM-DD (default: this month's first).")
     ] = None,
-    last: Annotated[date | None, Query(alias="to", description="Last UTC day, included (default: today).")] = None,
+    last_day: Annotated[Day | None, Query(alias="to", description="Last UTC day, included (default: today).")] = None,
     group_by: Annotated[GroupBy, Query(description="key, model, user or day.")] = "day",
 ) -> dict[str, Any]:
     today = datetime.now(UTC).date()
-    last = last or today
-    first = first or last.replace(day=1)
+    last = _day(last_day, "to") or today
+    first = _day(first_day, "from") or last.replace(day=1)
     if first > last:
         raise InvalidRequest("`from` must not be after `to`", param="from", code="invalid_range")
     if (last - first).days >= MAX_DAYS:
