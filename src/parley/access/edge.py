@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from parley.access.authenticator import Authenticator
 from parley.access.principal import OPEN, PRINCIPAL_STATE, Principal
+from parley.api.refusal import refuse
 from parley.errors import AuthenticationFailed, InvalidRequest, ParleyError
 
 END_USER_HEADER = b"x-parley-user"
@@ -153,17 +153,4 @@ def _route_path(scope: Scope) -> str:
 
 
 async def _refuse(scope: Scope, send: Send, error: ParleyError) -> None:
-    body = orjson.dumps(error.to_body())
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()),
-    ]
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    elif "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008})  # the server answers the handshake with 403
+    await refuse(scope, send, error)

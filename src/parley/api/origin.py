@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import orjson
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from parley.api.refusal import refuse
 from parley.errors import ParleyError
 
 log = logging.getLogger("parley.origin")
@@ -139,14 +139,4 @@ def _refusal(origin: bytes | None) -> OriginNotAllowed:
 
 async def _refuse(scope: Scope, send: Send, error: ParleyError) -> None:
     log.info("refused a cross-site %s to %s: %s", scope["type"], scope["path"], error.message)
-    body = orjson.dumps(error.to_body())
-    headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    elif "websocket.http.response" in scope.get("extensions", {}):
-        # Refused before accept, with the same JSON a refused HTTP request gets.
-        await send({"type": "websocket.http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008})  # the server answers the handshake with 403
+    await refuse(scope, send, error)
