@@ -14,6 +14,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from parley.knowledge.config import KnowledgeSettings
 from parley.tools.config import MCPServerConfig, ToolSettings
 
 ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.:/-]*$")]
@@ -149,6 +150,7 @@ class AgentConfig(BaseModel):
     handoffs: list[ModelName] = []  # agents it may pass the conversation to (a `transfer_to_<name>` tool each)
     actions: list[AgentAction] = []
     max_steps: int = Field(default=8, ge=1, le=64)  # model calls in one reply
+    collections: list[str] = []  # knowledge collections (ids) its turns retrieve from and cite
     tool_timeout_seconds: float = Field(default=30.0, gt=0)
     run_timeout_seconds: float = Field(default=300.0, gt=0)  # the whole reply, all steps
 
@@ -210,6 +212,7 @@ class Settings(BaseSettings):
     agents: list[AgentConfig] = []
     tools: ToolSettings = ToolSettings()
     mcp_servers: list[MCPServerConfig] = []
+    knowledge: KnowledgeSettings = KnowledgeSettings()
     # `WS /ws/chat/{id}` frames: Parley's own (`{"event", "data"}`), or the workshop chatbot's
     # (`{"type": "chunk", "content", "agent"}`), whose browser page can't ask for them.
     websocket_frames: Literal["parley", "workshop"] = "parley"

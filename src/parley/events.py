@@ -62,6 +62,38 @@ class AgentHandoff:
 
 
 @dataclass(slots=True)
+class SourcePassage:
+    """A passage retrieved from a collection for this reply; the model cites it as `[index]`."""
+
+    index: int  # from 1, as cited
+    document_id: str
+    title: str
+    uri: str | None
+    page: int | None  # from 1, for paged documents (PDF)
+    chunk_id: str
+    text: str
+    score: float
+
+
+@dataclass(slots=True)
+class PendingSource:
+    """A document of a searched collection that is not yet searchable (still being indexed)."""
+
+    document_id: str
+    title: str
+    state: str  # "queued" or "indexing"
+    progress: float | None  # 0..1 while indexing
+
+
+@dataclass(slots=True)
+class Sources:
+    """What the reply draws on: retrieved before the first token, so it comes first."""
+
+    passages: list[SourcePassage]
+    pending: list[PendingSource]
+
+
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -79,7 +111,9 @@ class Finish:
     reason: FinishReason
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | ToolResult | StepStart | AgentHandoff
+StreamEvent = (
+    TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | ToolResult | StepStart | AgentHandoff | Sources
+)
 # What became available together: one upstream read, or the tokens llama.cpp made while the
 # consumer was busy. Passing events on in batches keeps the per-token cost of every layer low.
 EventBatch = Sequence[StreamEvent]

@@ -129,6 +129,8 @@ class MessageRow(Base):
     # Revision 0007: an agent's steps before this reply (assistant tool calls and tool results, in
     # the OpenAI message shape), kept with the reply they led to.
     steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    # Revision 0008: the passages the reply drew on, as its `sources` event listed them.
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class UsageRow(Base):

@@ -1,0 +1,1 @@
+"""Knowledge: collections of documents, ingestion, embedders and hybrid retrieval."""
