@@ -61,6 +61,7 @@ class MessageRecord:
     error: str | None
     created_at: datetime
     steps: list[dict[str, Any]] | None = None  # an agent's tool calls and results before this reply
+    sources: list[dict[str, Any]] | None = None  # the passages the reply drew on (its `sources` event)
 
     def to_chat_message(self) -> ChatMessage:
         """The message as a model sees it (reasoning stays out: it is not sent back upstream)."""
@@ -86,6 +87,7 @@ class MessageRecord:
             "error": self.error,
             "created_at": self.created_at.isoformat(),
             "steps": self.steps,
+            "sources": self.sources,
         }
 
 
