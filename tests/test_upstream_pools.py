@@ -204,6 +204,19 @@ def test_all_endpoints_rate_limited_gives_the_client_a_429_with_retry_after() ->
             assert [endpoint.requests for endpoint in endpoints] == [1, 1]
 
 
+def test_an_endpoint_silent_past_first_token_timeout_is_given_up_on_and_the_request_retried() -> None:
+    with scripted_endpoints("silent", "ok") as (silent, healthy):
+        endpoints = [{"base_url": silent.base_url, "name": "silent"}, {"base_url": healthy.base_url, "name": "healthy"}]
+        with parley_with(pool_model("pooled", endpoints, first_token_timeout=0.5)) as parley:
+            started = time.monotonic()
+            assert ask(client_of(parley)) == TEXT_REPLY
+            assert time.monotonic() - started >= 0.5
+            assert (silent.requests, healthy.requests) == (1, 1)
+            state = endpoint_states(parley)["silent"]
+            assert state["state"] == "cooling" and state["failures"] == {"timeout": 1}
+            assert state["outstanding"] == 0  # its connection was closed, not left waiting
+
+
 # -- failures after the first token: the client's error event; the endpoint rests --
 
 

@@ -126,6 +126,9 @@ class OpenAICompatConfig(_ModelConfigBase):
     max_cooldown_seconds: float = Field(default=60.0, gt=0)
     # How long a request waits when every endpoint is at its max_concurrent, before a 429.
     endpoint_wait_seconds: float = Field(default=10.0, ge=0)
+    # A pool's endpoint that sends no token this long after the request is given up on, and the
+    # request retried on another; None: only read_timeout applies.
+    first_token_timeout: float | None = Field(default=None, gt=0)
     model: str | None = None  # the upstream's name for the model; defaults to `name`
     api_key: SecretStr | None = None
     api_key_env: str | None = None

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tests.support.upstream import TEXT_PIECES
 
-Behaviour = Literal["ok", "status-400", "status-500", "status-429", "long"]
+Behaviour = Literal["ok", "status-400", "status-500", "status-429", "long", "silent"]
 
 RETRY_AFTER = "30"  # what the `status-429` endpoint asks for: longer than any test waits
 LONG_PIECES = 3000  # a `long` reply's pieces: it outlasts any test unless killed
@@ -91,6 +91,8 @@ class ScriptedEndpoint:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(_chunk({"role": "assistant", "content": ""}))
+        if behaviour == "silent":  # no token, ever: only a client that gives up ends it
+            await asyncio.sleep(LONG_PIECES)
         if behaviour == "long":
             for _ in range(LONG_PIECES):
                 await response.write(_chunk({"content": "tick "}))

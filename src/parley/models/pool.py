@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 
 from parley.config import OpenAICompatConfig, UpstreamEndpoint
-from parley.errors import ParleyError, RateLimited, UpstreamError
+from parley.errors import ParleyError, RateLimited, UpstreamError, UpstreamTimeout
 from parley.events import EventBatch
 from parley.logs import current_request_id
 from parley.models.base import ChatRequest, EndpointState, EndpointStatus, Model
@@ -118,12 +118,14 @@ class UpstreamPool(Model):
             endpoint.client.listener = self.listener
             batches = endpoint.client.stream(request)
             try:
-                async for batch in batches:
-                    if not started:
-                        started = True
-                        self._served(endpoint, len(tried))
-                        probe = False  # answered: the endpoint is healthy, and its probe over
-                    yield batch
+                first = await self._first_batch(batches)
+                if first is not None:
+                    started = True
+                    self._served(endpoint, len(tried))
+                    probe = False  # answered: the endpoint is healthy, and its probe over
+                    yield first
+                    async for batch in batches:
+                        yield batch
                 return
             except ParleyError as error:
                 if endpoints_fault(error):
@@ -134,6 +136,19 @@ class UpstreamPool(Model):
             finally:
                 await close(batches)
                 self._release(endpoint, probe)
+
+    async def _first_batch(self, batches: AsyncIterator[EventBatch]) -> EventBatch | None:
+        timeout = self._config.first_token_timeout
+        try:
+            if timeout is None:
+                return await anext(batches)
+            return await asyncio.wait_for(anext(batches), timeout)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as exc:  # the endpoint's own timeouts arrive as UpstreamTimeout
+            raise UpstreamTimeout(
+                "the upstream did not start its reply in time", detail=f"sent no token within {timeout:g} s"
+            ) from exc
 
     # -- choosing an endpoint ----------------------------------------------------------------------
 
