@@ -339,6 +339,28 @@ def test_a_model_whose_endpoints_all_fail_falls_back_to_the_next_model() -> None
             assert "from the fake model" in reply.text
 
 
+def test_a_model_that_fails_after_its_first_token_does_not_fall_back() -> None:
+    with scripted_endpoints("long") as (doomed,):
+        primary = {"name": "pooled", "provider": "openai", "model": "m", "base_url": doomed.base_url}
+        local = {"name": "local", "provider": "fake", "replies": ["from the fake model"]}
+        with parley_with({**primary, "fallbacks": ["local"]}, local) as parley:
+            stream = client_of(parley).chat.completions.create(
+                model="pooled", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            received: list[str] = []
+
+            def read_and_kill() -> None:
+                for chunk in stream:
+                    received.extend(choice.delta.content or "" for choice in chunk.choices)
+                    if "tick" in "".join(received):
+                        doomed.kill()
+
+            with pytest.raises(openai.APIError) as raised:
+                read_and_kill()
+            assert "closed the connection" in raised.value.message
+            assert "fake" not in "".join(received)
+
+
 def test_without_fallbacks_a_pool_whose_endpoints_all_fail_answers_502() -> None:
     with scripted_endpoints("status-500") as (failing,):
         refusing = f"http://127.0.0.1:{closed_port()}/v1"
