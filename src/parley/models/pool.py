@@ -146,6 +146,8 @@ class UpstreamPool(Model):
         except StopAsyncIteration:
             return None
         except TimeoutError as exc:  # the endpoint's own timeouts arrive as UpstreamTimeout
+            if self.listener is not None:
+                self.listener.upstream_failed(self.name, "timeout")
             raise UpstreamTimeout(
                 "the upstream did not start its reply in time", detail=f"sent no token within {timeout:g} s"
             ) from exc
