@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -169,6 +170,26 @@ def test_a_hundred_concurrent_chats_through_a_pool_with_three_failing_endpoints_
             assert sample(failures, endpoint="failing", kind="server_error") == failing.requests
             served = "parley_upstream_endpoint_served_total"
             assert sample(served, endpoint="first") == states["first"]["served"]
+
+
+def test_the_log_names_the_endpoint_that_served_and_the_client_never_sees_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="parley")
+    with scripted_endpoints("status-500", "ok") as (failing, healthy):
+        endpoints = [
+            {"base_url": failing.base_url, "name": "failing-internal-7"},
+            {"base_url": healthy.base_url, "name": "healthy-internal-9"},
+        ]
+        with parley_with(pool_model("pooled", endpoints)) as parley:
+            request_id = "pool-" + uuid.uuid4().hex
+            body = {"model": "pooled", "messages": [{"role": "user", "content": "hi"}]}
+            reply = httpx.post(parley + "/v1/chat/completions", json=body, headers={"x-request-id": request_id})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == TEXT_REPLY
+            assert "internal" not in reply.text and str(healthy.port) not in reply.text
+            assert "internal" not in "".join(f"{name}: {value}" for name, value in reply.headers.items())
+    lines = [record.getMessage() for record in caplog.records if request_id in record.getMessage()]
+    assert any("served by endpoint healthy-internal-9 after 1 failed attempt(s)" in line for line in lines), lines
+    assert any(f"127.0.0.1:{failing.port}" in line and "answered 500" in line for line in lines), lines
 
 
 def test_a_refused_request_is_not_retried_and_the_endpoint_stays_healthy() -> None:
