@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from parley.config import ConfigError, load_settings
+from parley.config import ConfigError, OpenAICompatConfig, load_settings
 from tests.support.pool_upstream import scripted_endpoints
 from tests.support.server import running_parley
 from tests.support.upstream import TEXT_REPLY, closed_port
@@ -108,6 +109,29 @@ def test_a_pool_is_configured_with_endpoints_or_base_url_not_both(model: dict[st
     with pytest.raises(ConfigError) as raised:
         load_settings(models=[{"name": "m", "provider": "openai", **model}])
     assert words in str(raised.value)
+
+
+def test_a_pool_reads_from_toml_as_the_readme_writes_it(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        "[[models]]\n"
+        'name = "llama"\n'
+        'provider = "openai"\n'
+        "endpoints = [\n"
+        '  { base_url = "http://10.0.0.11:8000/v1", weight = 2, max_concurrent = 64 },\n'
+        '  { base_url = "http://user:secret@10.0.0.12:8000/v1", api_key_env = "SPARE_KEY" },\n'
+        "]\n"
+        "cooldown_seconds = 3\n"
+        'fallbacks = ["local"]\n'
+        "[[models]]\n"
+        'name = "local"\n'
+        'provider = "fake"\n'
+    )
+    (model, _) = load_settings(config).models
+    assert isinstance(model, OpenAICompatConfig) and model.endpoints is not None
+    assert [endpoint.label for endpoint in model.endpoints] == ["10.0.0.11:8000", "10.0.0.12:8000"]
+    assert (model.endpoints[0].weight, model.endpoints[0].max_concurrent, model.cooldown_seconds) == (2, 64, 3)
+    assert model.fallbacks == ["local"]
 
 
 # -- failures before the first token: retried, never seen --
