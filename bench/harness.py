@@ -153,6 +153,13 @@ def fake_upstream(content_chunks: int) -> Iterator[tuple[int, int]]:
         stop(process)
 
 
+def _upstream_lines(base_url: str, endpoints: int) -> str:
+    if not endpoints:
+        return f'base_url = "{base_url}"\n'
+    pool = ", ".join(f'{{ base_url = "{base_url}", name = "e{n}" }}' for n in range(endpoints))
+    return f"endpoints = [{pool}]\n"
+
+
 @contextlib.contextmanager
 def parley_server(
     upstream_port: int,
@@ -161,11 +168,13 @@ def parley_server(
     settings: str = "",
     model_settings: str = "",
     env: dict[str, str] | None = None,
+    endpoints: int = 0,
 ) -> Iterator[tuple[int, int]]:
     """Yield (port, pid) of a `parley serve` in front of the upstream (from `source` if given).
 
     `settings` are top-level TOML lines added to its config (e.g. `database_url = "..."`), and
-    `model_settings` lines of its model's table (e.g. `limits = {...}`).
+    `model_settings` lines of its model's table (e.g. `limits = {...}`). With `endpoints`, the
+    model is a pool of that many endpoints, all on the one upstream.
     """
     if source is not None and not (source / "parley" / "__init__.py").is_file():
         # PYTHONPATH would skip it quietly and run this checkout's code under the other's name.
@@ -178,7 +187,7 @@ def parley_server(
         + "[[models]]\n"
         + 'name = "bench"\n'
         + 'provider = "openai"\n'
-        + f'base_url = "http://127.0.0.1:{upstream_port}/v1"\n'
+        + _upstream_lines(f"http://127.0.0.1:{upstream_port}/v1", endpoints)
         + model_settings
     )
     port = free_port()

@@ -90,7 +90,7 @@ def test_no_config_serves_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(
     ("text", "names"),
     [
-        ('[[models]]\nname = "x"\nprovider = "openai"\n', "models.0.openai.base_url: Field required"),
+        ('[[models]]\nname = "x"\nprovider = "openai"\n', "models.0.openai: Value error, set base_url (one upstream)"),
         ('[[models]]\nname = "x"\nprovider = "magic"\n', "models.0: Input tag 'magic' found"),
         ('[[models]]\nname = "x"\nprovider = "fake"\ncolour = "red"\n', "models.0.fake.colour: Extra inputs"),
         ('port = "eighty"\n', "port: Input should be a valid integer"),

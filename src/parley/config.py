@@ -63,6 +63,8 @@ class _ModelConfigBase(BaseModel):
     store_reasoning: bool = True  # reasoning is kept with the conversation
     limits: ModelLimits | None = None  # shared by every caller of this model, on every instance
     price: ModelPrice | None = None  # None: usage is counted at no cost
+    # Models tried in turn when this one fails before its reply's first event (see "Upstream pools").
+    fallbacks: list[ModelName] = []
 
 
 class LlamaCppConfig(_ModelConfigBase):
@@ -84,11 +86,49 @@ class LlamaCppConfig(_ModelConfigBase):
     repeat_penalty: float = Field(default=1.0, ge=1.0, le=2.0)
 
 
+class UpstreamEndpoint(BaseModel):
+    """One deployment of a pooled model (`endpoints = [...]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    api_key: SecretStr | None = None  # None: the model's own api_key / api_key_env
+    api_key_env: str | None = None
+    weight: float = Field(default=1.0, gt=0, le=1000)  # its share of the requests, against the others'
+    max_concurrent: int | None = Field(default=None, ge=1)  # requests it serves at once; None: no cap
+    # What /ready and /metrics call it; None: the host and port of base_url.
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.:-]+$")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> UpstreamEndpoint:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name is not None:
+            return self.name
+        authority = self.base_url.split("://", 1)[1].split("/", 1)[0]
+        return authority.rsplit("@", 1)[-1]  # never the credentials a URL may carry
+
+
 class OpenAICompatConfig(_ModelConfigBase):
     """Any server that speaks the OpenAI chat completions API."""
 
     provider: Literal["openai"]
-    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    # One upstream (`base_url`) or a pool of them (`endpoints`): exactly one of the two.
+    base_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    endpoints: list[UpstreamEndpoint] | None = Field(default=None, min_length=1, max_length=64)
+    # A pool's endpoint that fails rests this long (doubling with each failure in a row, up to
+    # max_cooldown_seconds; a 429's Retry-After when longer), then one request probes it.
+    cooldown_seconds: float = Field(default=5.0, gt=0)
+    max_cooldown_seconds: float = Field(default=60.0, gt=0)
+    # How long a request waits when every endpoint is at its max_concurrent, before a 429.
+    endpoint_wait_seconds: float = Field(default=10.0, ge=0)
+    # A pool's endpoint that sends no token this long after the request is given up on, and the
+    # request retried on another; None: only read_timeout applies.
+    first_token_timeout: float | None = Field(default=None, gt=0)
     model: str | None = None  # the upstream's name for the model; defaults to `name`
     api_key: SecretStr | None = None
     api_key_env: str | None = None
@@ -106,6 +146,16 @@ class OpenAICompatConfig(_ModelConfigBase):
     def _one_key_source(self) -> OpenAICompatConfig:
         if self.api_key is not None and self.api_key_env is not None:
             raise ValueError("set api_key or api_key_env, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _one_upstream_form(self) -> OpenAICompatConfig:
+        if (self.base_url is None) == (self.endpoints is None):
+            raise ValueError("set base_url (one upstream) or endpoints (a pool), exactly one of the two")
+        labels = [endpoint.label for endpoint in self.endpoints or []]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"endpoints share a name ({', '.join(repeated)}): give each a distinct `name`")
         return self
 
 
@@ -257,6 +307,10 @@ class Settings(BaseSettings):
             unknown = [name for name in agent.handoffs if name not in agent_names]
             if unknown:
                 raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(unknown)}")
+        for model in self.models:
+            unknown = [name for name in model.fallbacks if name not in names or name == model.name]
+            if unknown:
+                raise ValueError(f"model {model.name!r} falls back to unknown models (or itself): {', '.join(unknown)}")
         if self.redis_url is None and _is_postgresql(self.database_url):
             limited = [m.name for m in self.models if m.limits is not None]
             if limited:

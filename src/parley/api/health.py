@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any, Literal
@@ -73,6 +74,9 @@ async def ready(request: Request, registry: RegistryDep, store: StoreDep) -> JSO
         problems.append(database)
     for entry in registry.entries():
         models[entry.config.name] = {"state": entry.state.value, "error": entry.error}
+        endpoints = entry.model.endpoints()
+        if endpoints is not None:  # a pool: each endpoint's state (a resting one doesn't make it unready)
+            models[entry.config.name]["endpoints"] = [asdict(endpoint) for endpoint in endpoints]
         if entry.state is ModelState.LOADING:
             problems.append(f"model {entry.config.name!r} is loading")
         elif entry.state is ModelState.FAILED:

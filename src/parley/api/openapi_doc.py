@@ -223,7 +223,26 @@ _TOOL_CALL_DELTA = _object(
     },
     optional=("id", "type"),
 )
-_MODEL_STATE = _object({"state": {"enum": ["loading", "ready", "failed"]}, "error": _nullable(_STRING)})
+_ENDPOINT_STATE = _object(
+    {
+        "name": _STRING,
+        "state": {"enum": ["healthy", "cooling", "probing"]},
+        "outstanding": _INTEGER,
+        "weight": {"type": "number"},
+        "max_concurrent": _nullable(_INTEGER),
+        "cooldown_left": {"type": "number", "description": "Seconds until a request probes it again."},
+        "failures": {"type": "object", "additionalProperties": _INTEGER},
+        "served": _INTEGER,
+    }
+)
+_MODEL_STATE = _object(
+    {
+        "state": {"enum": ["loading", "ready", "failed"]},
+        "error": _nullable(_STRING),
+        "endpoints": {"type": "array", "items": _ENDPOINT_STATE, "description": "A pooled model's endpoints."},
+    },
+    optional=("endpoints",),
+)
 
 _RESPONSE_SCHEMAS: Schema = {
     ERROR_SCHEMA: {

@@ -176,7 +176,7 @@ def _assistant_calls(calls: list[_Call]) -> ChatMessage:
 async def _normalised_stream(entry: ModelEntry, request: ChatRequest) -> AsyncIterator[EventBatch]:
     """One model call's batches, normalised (Harmony, the reasoning policy) as a Run would."""
     normalise = entry.normaliser(request)
-    stream = entry.model.stream(request)
+    stream = entry.stream(request)
     try:
         async for batch in stream:
             normalised = batch if normalise is None else normalise(batch)

@@ -111,7 +111,7 @@ class ChatService:
             run = Run(entry.config.name, loop.batches())
             run.steps = loop.record
         else:
-            run = Run(entry.config.name, entry.model.stream(request), entry.normaliser(request))
+            run = Run(entry.config.name, entry.stream(request), entry.normaliser(request))
         admitted.attach(run)
         if self._track is not None:
             self._track(run)

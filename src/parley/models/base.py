@@ -103,6 +103,23 @@ class ModelListener(Protocol):
     def queue_waited(self, model: str, seconds: float) -> None: ...
 
 
+EndpointState = Literal["healthy", "cooling", "probing"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    """One endpoint of a pooled model, as /ready and /metrics show it."""
+
+    name: str
+    state: EndpointState
+    outstanding: int  # requests it serves now
+    weight: float
+    max_concurrent: int | None
+    cooldown_left: float  # seconds until it is probed again; 0 unless cooling
+    failures: dict[str, int]  # failures so far, by kind (see openai_compat.failure_kind)
+    served: int  # requests whose reply it started
+
+
 class Model(ABC):
     """A chat model. `stream()` yields batches of typed events and stops its generation when closed."""
 
@@ -119,6 +136,10 @@ class Model(ABC):
 
     def queued(self) -> int | None:
         """Requests waiting for this model's turn; None: it has no queue of its own."""
+        return None
+
+    def endpoints(self) -> list[EndpointStatus] | None:
+        """The state of each endpoint of a pooled model; None: not a pool."""
         return None
 
     async def load(self) -> None:  # noqa: B027 - most providers have nothing to load

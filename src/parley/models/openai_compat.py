@@ -60,6 +60,8 @@ class OpenAICompatModel(Model):
 
     def __init__(self, config: OpenAICompatConfig) -> None:
         super().__init__(config.name, config.context_size)
+        if config.base_url is None:
+            raise ValueError(f"model {config.name!r} has endpoints: it is served by an UpstreamPool")
         self._config = config
         # Parsed once: aiohttp would parse a string URL again for every request.
         self._url = URL(config.base_url.rstrip("/") + "/chat/completions")

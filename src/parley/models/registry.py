@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from parley.config import FakeConfig, LlamaCppConfig, ModelConfig, OpenAICompatConfig
 from parley.errors import ModelNotFound, ModelNotReady
+from parley.events import EventBatch
 from parley.models.base import ChatRequest, Model
+from parley.models.failover import Candidate, first_to_start
 from parley.models.output import Normaliser
 
 log = logging.getLogger("parley.models")
@@ -26,6 +29,18 @@ class ModelEntry:
     model: Model
     state: ModelState = ModelState.LOADING
     error: str | None = None
+    fallbacks: list[ModelEntry] = field(default_factory=list)  # config.fallbacks, resolved
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[EventBatch]:
+        """The model's reply; with fallbacks, the first of them to start one when this model fails first."""
+        if not self.fallbacks:
+            return self.model.stream(request)
+        candidates: list[Candidate] = [(self.config.name, self.model.stream)]
+        for entry in self.fallbacks:
+            # A fallback that isn't loaded, or can't take the request's tools, is passed over.
+            if entry.state is ModelState.READY and (request.tools is None or entry.model.supports_tools):
+                candidates.append((entry.config.name, entry.model.stream))
+        return first_to_start(candidates, request)
 
     def normaliser(self, request: ChatRequest) -> Normaliser | None:
         """What the model's batches for this request go through: Harmony parsing, the reasoning policy."""
@@ -40,6 +55,10 @@ def build_model(config: ModelConfig) -> Model:
 
         return FakeModel(config)
     if isinstance(config, OpenAICompatConfig):
+        if config.endpoints is not None:
+            from parley.models.pool import UpstreamPool
+
+            return UpstreamPool(config)
         from parley.models.openai_compat import OpenAICompatModel
 
         return OpenAICompatModel(config)
@@ -54,6 +73,8 @@ class ModelRegistry:
     def __init__(self, configs: list[ModelConfig]) -> None:
         self._entries = {config.name: ModelEntry(config, build_model(config)) for config in configs}
         self.default_name = configs[0].name
+        for entry in self._entries.values():
+            entry.fallbacks = [self._entries[name] for name in entry.config.fallbacks]
 
     async def load_all(self) -> None:
         for entry in self._entries.values():

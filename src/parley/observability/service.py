@@ -17,6 +17,7 @@ from parley.models.registry import ModelRegistry
 from parley.observability.exposition import MetricsServer
 from parley.observability.generations import GenerationGate
 from parley.observability.metrics import Metrics
+from parley.observability.pools import PoolCollector
 from parley.observability.routes import route_of
 from parley.store import ConversationStore
 
@@ -36,6 +37,7 @@ class Observability:
         if self.wanted:
             metrics = Metrics()
             metrics.watch_queues(models, lambda: store.queued_writes)
+            metrics.registry.register(PoolCollector(models))
             for entry in models.entries():
                 entry.model.listener = metrics
             store.observe_writes(metrics.store_wrote)
