@@ -130,6 +130,7 @@ class _Session:
                 agent=frame.agent,
                 params=GenerationParams(max_tokens=frame.max_tokens, temperature=frame.temperature),
                 principal=self.principal,
+                collections=frame.collections,
             )
         except Exception as exc:
             self._running = None
