@@ -22,6 +22,13 @@ GLACIER = Passage("doc-glacier", "Glaciers", "The Aletsch glacier is the largest
 COFFEE = Passage("doc-coffee", "Coffee", "Espresso is brewed by forcing hot water through finely ground coffee.")
 
 
+# Three passages of about 30 tokens each; the more of "moon tides ocean" one shares, the higher it ranks.
+TIDES = [
+    Passage(f"doc-tide-{n}", f"Tides {n}", " ".join(["moon tides ocean"][:1] + ["water"] * 20 + extra))
+    for n, extra in ((1, []), (2, ["moon"]), (3, ["moon", "tides"]))
+]
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     with running_upstream() as server:
@@ -33,6 +40,7 @@ def knowledge() -> WordOverlapKnowledge:
     base = WordOverlapKnowledge()
     base.add("geo", [VOLCANO, GLACIER])
     base.add("kitchen", [COFFEE])
+    base.add("tides", TIDES)
     base.add("alice-notes", [Passage("doc-alice", "Alice's notes", "Etna volcano diary entry.")], owner="open/alice")
     indexing = base.add("growing", [GLACIER])
     indexing.pending.append(PendingSource("doc-new", "New field report", "indexing", 0.4))
@@ -45,9 +53,14 @@ def url(upstream: Upstream, knowledge: WordOverlapKnowledge) -> Iterator[str]:
     models = [
         {"name": "text", "provider": "openai", "base_url": v1},
         {"name": "agent-search", "provider": "openai", "base_url": v1},
+        # A small context, counted by the remote estimate (4 characters a token), for fitting.
+        {"name": "small", "provider": "openai", "base_url": v1, "model": "text", "context_size": 300},
     ]
     agents = [{"name": "librarian", "model": "agent-search", "collections": ["geo"]}]
-    with running_parley(models=models, agents=agents, knowledge=knowledge) as base_url:
+    knowledge_settings = {"context_share": 0.9}
+    with running_parley(
+        models=models, agents=agents, knowledge_base=knowledge, knowledge=knowledge_settings
+    ) as base_url:
         yield base_url
 
 
@@ -152,10 +165,11 @@ def test_v1_sources_extension_with_the_openai_client(url: str, upstream: Upstrea
         extra_body={"parley_collections": ["geo"]},
     )
     chunks = list(stream)
-    extension = [getattr(chunk, "parley", None) for chunk in chunks]
+    extension: list[dict[str, Any] | None] = [(chunk.model_extra or {}).get("parley") for chunk in chunks]
     assert extension[0] is None  # the role chunk
-    assert extension[1]["type"] == "sources"
-    assert extension[1]["passages"][0]["document_id"] == "doc-volcano"
+    sources = extension[1]
+    assert sources is not None and sources["type"] == "sources"
+    assert sources["passages"][0]["document_id"] == "doc-volcano"
     first_text = next(i for i, chunk in enumerate(chunks) if chunk.choices and chunk.choices[0].delta.content)
     assert first_text > 1
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the upstream."
@@ -185,3 +199,26 @@ def test_agent_with_collections_cites_and_searches(url: str, upstream: Upstream)
     assert results[0]["output"].startswith("[1] Glaciers")
     text = "".join(payload["text"] for name, payload in events if name == "text_delta")
     assert "Per the passages: [1] Glaciers" in text
+
+
+def test_fitting_drops_passages_before_history(url: str, upstream: Upstream) -> None:
+    # Alone, all three passages fit the small model's context.
+    marker = new_marker()
+    alone = sse(url, {"message": f"moon tides ocean {marker}", "model": "small", "collections": ["tides"]})
+    assert len(alone[1][1]["passages"]) == 3
+    assert all(passage.text in system_text(upstream.find(marker).body) for passage in TIDES)
+    # After a long first turn, history and all three don't fit: the lowest-scored passages go, the history stays.
+    long_question = "Tell me everything about the sea " + "and the waves " * 20
+    first = sse(url, {"message": long_question, "model": "small"})
+    conversation = first[0][1]["conversation_id"]
+    marker = new_marker()
+    body = {"message": f"moon tides {marker}", "model": "small", "conversation_id": conversation}
+    events = sse(url, {**body, "collections": ["tides"]})
+    assert events[0][1]["truncated_messages"] == 0
+    kept = events[1][1]["passages"]
+    assert 1 <= len(kept) < 3
+    assert [passage["document_id"] for passage in kept] == ["doc-tide-3", "doc-tide-2"][: len(kept)]
+    assert [passage["index"] for passage in kept] == list(range(1, len(kept) + 1))
+    seen = upstream.find(marker).body
+    assert seen["messages"][-3]["content"] == long_question  # the whole history reached the model
+    assert "] Tides 1\n" not in system_text(seen) and "] Tides 3\n" in system_text(seen)

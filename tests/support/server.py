@@ -26,16 +26,16 @@ def running_parley(
     *,
     ready_timeout: float = 60.0,
     wait: bool = True,
-    knowledge: KnowledgeBase | None = None,
+    knowledge_base: KnowledgeBase | None = None,
     **overrides: Any,
 ) -> Iterator[str]:
     """Yield the base URL of a Parley server built from `settings` (or from `overrides`);
-    `knowledge`: a knowledge base in place of the server's own."""
+    `knowledge_base`: a knowledge base in place of the server's own."""
     if settings is None:
         overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="parley-test-")))
         settings = load_settings(**overrides)
     config = uvicorn.Config(
-        create_app(settings, knowledge=knowledge),
+        create_app(settings, knowledge=knowledge_base),
         host="127.0.0.1",
         port=0,
         log_level="warning",
