@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 
 from parley.api.deps import EmbedderDep
 from parley.api.input_limits import CheckedJSONRoute, Integer
 from parley.errors import InvalidRequest
+from parley.knowledge.base import Embedder
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"], route_class=CheckedJSONRoute)
 
@@ -29,15 +30,23 @@ Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 TokenIds = Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 
 
+_TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS}
+# Token arrays are read (to refuse them in plain words) but not offered: the schema lists text only.
+EmbeddingsInput = Annotated[
+    Text
+    | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)],
+    WithJsonSchema(
+        {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1, "maxItems": MAX_INPUTS}]}
+    ),
+]
+
+
 class EmbeddingsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: (
-        Text
-        | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
-        | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
-    ) = Field(description="A text or a list of texts (non-empty). Token arrays are refused with a 400.")
+    input: EmbeddingsInput = Field(description="A text or a list of texts (non-empty); token arrays get a 400.")
     model: Annotated[StrictStr, Field(min_length=1, max_length=256)] = Field(
         description="Any name: Parley serves its configured embedder, named in the reply's `model`."
     )
@@ -120,3 +129,17 @@ def _count_tokens(embedder: object, texts: list[str]) -> int:
     if callable(count):
         return int(sum(count(texts)))
     return sum(max(1, math.ceil(len(text) / 4)) for text in texts)
+
+
+def document_knowledge_rules(schemas: dict[str, Any], embedder: Embedder | None, has_knowledge: bool) -> None:
+    """What this server accepts, once started: `dimensions` up to its embedder's; `collections` only
+    when it has a knowledge base."""
+    if embedder is not None and "EmbeddingsBody" in schemas:
+        dimensions = schemas["EmbeddingsBody"]["properties"]["dimensions"]
+        for option in dimensions.get("anyOf", [dimensions]):
+            if option.get("type") == "integer":
+                option["maximum"] = embedder.dimension
+    if not has_knowledge:
+        for body, field in (("ChatBody", "collections"), ("ChatCompletionBody", "parley_collections")):
+            if body in schemas:
+                schemas[body]["properties"][field]["maxItems"] = 0
