@@ -222,3 +222,21 @@ def test_fitting_drops_passages_before_history(url: str, upstream: Upstream) -> 
     seen = upstream.find(marker).body
     assert seen["messages"][-3]["content"] == long_question  # the whole history reached the model
     assert "] Tides 1\n" not in system_text(seen) and "] Tides 3\n" in system_text(seen)
+
+
+def test_v1_agent_with_collections_cites(url: str) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    reply = client.chat.completions.create(
+        model="agent:librarian", messages=[{"role": "user", "content": "largest glacier in the Alps"}]
+    )
+    assert reply.model_extra is not None
+    assert reply.model_extra["parley"]["sources"]["passages"][0]["document_id"] == "doc-glacier"
+    assert reply.choices[0].message.content is not None
+    assert "Per the passages: [1] Glaciers" in reply.choices[0].message.content
+
+
+def test_collections_are_documented(url: str) -> None:
+    schema = httpx.get(f"{url}/openapi.json").json()
+    assert "collections" in schema["components"]["schemas"]["ChatBody"]["properties"]
+    assert "SourcesOut" in schema["components"]["schemas"]
+    assert "collection" in schema["paths"]["/api/chat"]["post"]["responses"]["404"]["description"]

@@ -143,3 +143,12 @@ def test_llamacpp_embedder_with_the_bundled_smollm2() -> None:
     assert max(abs(a - b) for a, b in zip(vectors[0], vectors[2], strict=True)) < 1e-4  # same text, same vector
     assert dot(vectors[0], vectors[1]) < 0.9999
     assert len(shortened[0]) == 64 and abs(norm(shortened[0]) - 1) < 1e-4
+
+
+def test_embeddings_are_documented(default_url: str) -> None:
+    operation = httpx.get(f"{default_url}/openapi.json").json()["paths"]["/v1/embeddings"]["post"]
+    assert {"200", "400", "502", "504"} <= set(operation["responses"])
+    assert "422" not in operation["responses"]
+    schemas = httpx.get(f"{default_url}/openapi.json").json()["components"]["schemas"]
+    dimensions = schemas["EmbeddingsBody"]["properties"]["dimensions"]["anyOf"][0]
+    assert dimensions["maximum"] == 256  # the embedder's

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 
 from parley.api.deps import EmbedderDep
-from parley.api.input_limits import CheckedJSONRoute, Integer
+from parley.api.input_limits import CheckedJSONRoute, _a_json_integer
 from parley.errors import InvalidRequest
 from parley.knowledge.base import Embedder
 
@@ -30,6 +30,8 @@ Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 TokenIds = Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_INPUT_CHARS)]
 
 
+# An integer as JSON Schema has it (5.0 too), bounded, with the bounds in the schema.
+Dimensions = Annotated[int, Field(ge=1, le=8192), BeforeValidator(_a_json_integer)]
 _TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS}
 # Token arrays are read (to refuse them in plain words) but not offered: the schema lists text only.
 EmbeddingsInput = Annotated[
@@ -51,7 +53,7 @@ class EmbeddingsBody(BaseModel):
         description="Any name: Parley serves its configured embedder, named in the reply's `model`."
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[Integer, Field(ge=1, le=8192)] | None = Field(
+    dimensions: Dimensions | None = Field(
         default=None, description="Shorten each vector to this many numbers (at most the embedder's dimension)."
     )
     user: Annotated[StrictStr, Field(max_length=256)] | None = None
