@@ -15,7 +15,7 @@ from parley.access.limits_setup import limits_may_apply, open_limit_gate
 from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
-from parley.api import admin_keys, admin_mcp, chat, conversations, health, openai, ws
+from parley.api import admin_keys, admin_mcp, chat, conversations, embeddings, health, openai, ws
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -24,9 +24,12 @@ from parley.api.middleware import RequestContextMiddleware
 from parley.api.openapi_doc import document_by_hand
 from parley.api.origin import CrossSiteGuard
 from parley.chat.autosave import ReplyAutosave
+from parley.chat.citing import Grounding
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
+from parley.knowledge.base import KnowledgeBase
+from parley.knowledge.embedders import open_embedder
 from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
 from parley.observability import Observability
@@ -35,7 +38,8 @@ from parley.store import default_database_url, open_store
 from parley.tools.registry import ToolRegistry
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) -> FastAPI:
+    """`knowledge`: a knowledge base to use instead of the server's own (tests bring a small one)."""
     lifecycle = Lifecycle()
     observability = Observability(settings)
 
@@ -74,7 +78,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.registry = registry
         app.state.store = store
         app.state.chat = chat
-        app.state.conversation_chat = ConversationChat(chat, store, autosave)
+        # One embedder for the server: `/v1/embeddings` and the knowledge base share it.
+        embedder = await open_embedder(settings.knowledge.embedder)
+        app.state.embedder = embedder
+        grounding = Grounding(knowledge, settings.knowledge)
+        app.state.grounding = grounding
+        app.state.conversation_chat = ConversationChat(chat, store, autosave, grounding)
         await observability.start(chat, registry, store)
         # Models load in the background: /health answers at once, /ready says when they are up.
         loading = asyncio.create_task(registry.load_all())
@@ -86,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await loading
             await observability.aclose()
             await registry.aclose()
+            await embedder.aclose()
             await tools.aclose()
             await autosave.aclose()
             if usage is not None:
@@ -106,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
     app.include_router(chat.router)
     app.include_router(conversations.router)
     app.include_router(ws.router)

@@ -115,6 +115,15 @@ async def _echo(answer: Answer, body: dict[str, Any]) -> None:
     await _text(answer, f"You said: {users[-1]['content']}")
 
 
+async def _search(answer: Answer, body: dict[str, Any]) -> None:
+    results = _results(body)
+    if not results:
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        await _calls(answer, [("search_knowledge", json.dumps({"query": users[-1]["content"]}))])
+    else:
+        await _text(answer, f"Per the passages: {results[-1].splitlines()[0]}")
+
+
 PLANS: dict[str, Callable[[Answer, dict[str, Any]], Awaitable[None]]] = {
     "agent-calc": _calc,
     "agent-parallel": _parallel,
@@ -124,4 +133,5 @@ PLANS: dict[str, Callable[[Answer, dict[str, Any]], Awaitable[None]]] = {
     "agent-client": _client,
     "agent-cut": _cut,
     "agent-echo": _echo,
+    "agent-search": _search,
 }

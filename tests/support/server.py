@@ -16,19 +16,26 @@ import uvicorn
 from parley.app import create_app
 from parley.config import Settings, load_settings
 from parley.http_protocol import protocol_for
+from parley.knowledge.base import KnowledgeBase
 from parley.serving import WS_PROTOCOL_LIMIT_FACTOR
 
 
 @contextlib.contextmanager
 def running_parley(
-    settings: Settings | None = None, *, ready_timeout: float = 60.0, wait: bool = True, **overrides: Any
+    settings: Settings | None = None,
+    *,
+    ready_timeout: float = 60.0,
+    wait: bool = True,
+    knowledge_base: KnowledgeBase | None = None,
+    **overrides: Any,
 ) -> Iterator[str]:
-    """Yield the base URL of a Parley server built from `settings` (or from `overrides`)."""
+    """Yield the base URL of a Parley server built from `settings` (or from `overrides`);
+    `knowledge_base`: a knowledge base in place of the server's own."""
     if settings is None:
         overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="parley-test-")))
         settings = load_settings(**overrides)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, knowledge=knowledge_base),
         host="127.0.0.1",
         port=0,
         log_level="warning",

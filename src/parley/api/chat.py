@@ -10,7 +10,15 @@ from fastapi.responses import Response
 
 from parley.access.principal import principal_of
 from parley.api.chat_events import ChatEvents, NamedEvent
-from parley.api.chat_schema import STREAM_EVENT_MODELS, ChatBody, ChatReply, UsageOut, timing_out, tool_calls_out
+from parley.api.chat_schema import (
+    STREAM_EVENT_MODELS,
+    ChatBody,
+    ChatReply,
+    SourcesOut,
+    UsageOut,
+    timing_out,
+    tool_calls_out,
+)
 from parley.api.deps import ConversationChatDep
 from parley.api.input_limits import CheckedJSONRoute
 from parley.api.streaming import collect_unless_disconnected, stream_run
@@ -24,7 +32,8 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
             "With `stream` true (the default): `text/event-stream` of named events, in order "
-            "`message_start`, then any of `text_delta` / `reasoning_delta` (and, for an agent that runs "
+            "`message_start`, then `sources` (with `collections`: the passages the reply cites), then any of "
+            "`text_delta` / `reasoning_delta` (and, for an agent that runs "
             "tools, `tool_call_delta`, `tool_result`, `agent_handoff` and `step`), then `tool_call` for each "
             "tool call left to the client, then `message_complete`; or `error` as the last event if the run fails. "
             "With `stream` false: one JSON `ChatReply`."
@@ -90,6 +99,7 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
         agent=body.agent,
         params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
         principal=principal_of(request),
+        collections=body.collections,
     )
     run, events = turn.run, ChatEvents(turn, request.app.state.settings.tools.client_result_chars)
     if not body.stream:
@@ -102,5 +112,6 @@ async def chat(body: ChatBody, request: Request, conversations: ConversationChat
             finish_reason=run.finish_reason or "stop",
             usage=UsageOut.of(run.usage),
             timing=timing_out(run),
+            sources=SourcesOut.of(run.sources) if run.sources is not None else None,
         )
     return await stream_run(request.app.state.settings, run, _SSEChatEvents(events))

@@ -16,6 +16,7 @@ from parley.api.chat_schema import (
     MessageComplete,
     MessageStart,
     ReasoningDeltaOut,
+    SourcesOut,
     StepOut,
     TextDeltaOut,
     ToolCallDeltaOut,
@@ -26,7 +27,16 @@ from parley.api.chat_schema import (
 )
 from parley.chat.turns import Turn
 from parley.errors import ParleyError
-from parley.events import AgentHandoff, ReasoningDelta, StepStart, StreamEvent, TextDelta, ToolCallDelta, ToolResult
+from parley.events import (
+    AgentHandoff,
+    ReasoningDelta,
+    Sources,
+    StepStart,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolResult,
+)
 from parley.tools.config import ToolSettings
 
 NamedEvent = tuple[str, BaseModel]
@@ -80,6 +90,8 @@ class ChatEvents:
             yield "agent_handoff", AgentHandoffOut(from_agent=event.from_agent, to_agent=event.to_agent)
         elif isinstance(event, StepStart):
             yield "step", StepOut(step=event.step)
+        elif isinstance(event, Sources):
+            yield "sources", SourcesOut.of(event)
 
     def closing(self) -> Iterator[NamedEvent]:
         run = self._turn.run

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley.api.input_limits import ConversationId, Flag, MaxTokens, Name, Temperature
 from parley.chat.run import Run
-from parley.events import Usage
+from parley.events import Sources, Usage
 from parley.models.base import ToolCall
+
+MAX_COLLECTIONS = 16
+Collections = Annotated[list[Name], Field(max_length=MAX_COLLECTIONS)]
 
 
 class ChatBody(BaseModel):
@@ -24,6 +28,11 @@ class ChatBody(BaseModel):
     stream: Flag = Field(default=True, description="Stream SSE events (true) or reply once with JSON.")
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
+    collections: Collections = Field(
+        default=[],
+        description="Knowledge collections (ids) to retrieve from: the reply cites their passages as [1], [2] "
+        "(with the agent's own collections, if it has any).",
+    )
 
 
 class UsageOut(BaseModel):
@@ -132,6 +141,37 @@ class ErrorOut(BaseModel):
     code: str | None
 
 
+class SourcePassageOut(BaseModel):
+    index: int = Field(description="As the reply cites it: [1], [2] …")
+    document_id: str
+    title: str
+    uri: str | None
+    page: int | None = Field(description="From 1, for paged documents (PDF).")
+    chunk_id: str
+    text: str
+    score: float
+
+
+class PendingSourceOut(BaseModel):
+    document_id: str
+    title: str
+    state: str = Field(description="`queued` or `indexing`: not searched for this reply.")
+    progress: float | None
+
+
+class SourcesOut(BaseModel):
+    """`event: sources` — the passages the reply draws on, before its first token (turns with collections)."""
+
+    passages: list[SourcePassageOut]
+    pending: list[PendingSourceOut] = Field(description="Documents of the collections still being indexed.")
+
+    @classmethod
+    def of(cls, sources: Sources) -> SourcesOut:
+        return cls.model_validate(
+            {"passages": [asdict(p) for p in sources.passages], "pending": [asdict(p) for p in sources.pending]}
+        )
+
+
 class ChatReply(BaseModel):
     """The JSON reply when `stream` is false: `message_start`'s fields, then the reply's."""
 
@@ -149,10 +189,12 @@ class ChatReply(BaseModel):
     finish_reason: str
     usage: UsageOut | None
     timing: TimingOut
+    sources: SourcesOut | None = Field(default=None, description="With `collections`: what the reply cites.")
 
 
 STREAM_EVENT_MODELS: tuple[type[BaseModel], ...] = (
     MessageStart,
+    SourcesOut,
     TextDeltaOut,
     ReasoningDeltaOut,
     ToolCallOut,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from parley.api.chat_schema import UsageOut
+from parley.api.chat_schema import SourcePassageOut, UsageOut
 from parley.api.deps import OwnerDep, StoreDep
 from parley.api.input_limits import CheckedJSONRoute, is_conversation_id
 from parley.store.errors import ConversationNotFound
@@ -58,6 +58,9 @@ class MessageOut(BaseModel):
     steps: list[dict[str, object]] | None = Field(
         default=None,
         description="An agent's steps before this reply: assistant messages with `tool_calls`, and `tool` results.",
+    )
+    sources: list[SourcePassageOut] | None = Field(
+        default=None, description="The passages the reply drew on and cites as [1], [2] … (turns with collections)."
     )
 
 

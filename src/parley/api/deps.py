@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from parley.access.principal import principal_of
 from parley.chat.turns import ConversationChat
+from parley.knowledge.base import Embedder
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
 
@@ -33,7 +34,13 @@ async def _owner(request: HTTPConnection) -> str | None:
     return principal_of(request).owner
 
 
+async def _embedder(request: HTTPConnection) -> Embedder:
+    embedder: Embedder = request.app.state.embedder
+    return embedder
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
 OwnerDep = Annotated[str | None, Depends(_owner)]
+EmbedderDep = Annotated[Embedder, Depends(_embedder)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -21,8 +22,12 @@ from parley.api.error_handlers import error_response
 from parley.api.input_limits import loads_object
 from parley.api.openai_wire import ChatCompletionBody, ChunkEncoder, completion
 from parley.api.streaming import collect_unless_disconnected, stream_run
+from parley.chat.citing import Grounding, retrieval_query
 from parley.config import DEFAULT_AGENT, AgentConfig
+from parley.events import Sources
+from parley.models.base import ChatRequest
 from parley.models.registry import ModelState
+from parley.tools.base import Tool
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
@@ -70,12 +75,33 @@ class ChatCompletionsRoute:
         if body.user is not None and principal.end_user is None:
             principal = with_end_user(principal, end_user_of(body.user))
         model, agent = agent_model(body.model)
-        run = await state.chat.start(body.to_request(), model=model, agent=agent, principal=principal)
+        request, sources, search = await _grounded(state, body, agent, principal)
+        run = await state.chat.start(request, model=model, agent=agent, principal=principal, knowledge=search)
+        run.sources = sources
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return await stream_run(state.settings, run, ChunkEncoder(run, include_usage, body.parley_steps))
         await collect_unless_disconnected(run, receive)
         return JSONResponse(completion(run))
+
+
+async def _grounded(
+    state: Any, body: ChatCompletionBody, agent: str | None, principal: Principal
+) -> tuple[ChatRequest, Sources | None, Tool | None]:
+    """The request with the passages of its collections (`parley_collections`, and its agent's) in
+    its prompt; the sources it cites; the agent's `search_knowledge` tool."""
+    request = body.to_request()
+    grounding: Grounding = state.grounding
+    agent_config = state.chat.agent(agent) if agent is not None else None
+    search = grounding.search_tool(agent_config, principal.owner)
+    searched = grounding.collections_for(body.parley_collections, agent_config)
+    if not searched:
+        return request, None, search
+    users = [index for index, message in enumerate(request.messages) if message.role == "user"]
+    message = request.messages[users[-1]].text() if users else ""
+    query = retrieval_query(message, request.messages[: users[-1]] if users else [])
+    sources = await grounding.retrieve(query, searched, principal.owner)
+    return replace(request, messages=Grounding.ground(request.messages, sources)), sources, search
 
 
 def agent_model(model: str) -> tuple[str | None, str | None]:

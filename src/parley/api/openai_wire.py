@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from parley.events import (
     EventBatch,
     Finish,
     ReasoningDelta,
+    Sources,
     StepStart,
     StreamEvent,
     TextDelta,
@@ -72,6 +74,9 @@ class ChatCompletionBody(BaseModel):
     # Parley's extension (the official clients send it with `extra_body`): an agent's steps (tool
     # calls Parley runs, their results, handoffs) as `parley` objects on otherwise empty chunks.
     parley_steps: Flag = False
+    # Parley's extension: knowledge collections (ids) whose passages the reply cites as [1], [2];
+    # the passages come first, as a `parley` object of type `sources` (see `ChunkEncoder`).
+    parley_collections: list[Name] = Field(default=[], max_length=16)
     # The end user an application serves (OpenAI's field): owns what is stored for them, unless
     # the request names one in `X-Parley-User` already.
     user: str | None = Field(default=None, max_length=MAX_END_USER_CHARS, pattern=END_USER_PATTERN)
@@ -128,7 +133,7 @@ def completion(run: Run) -> dict[str, Any]:
         message["reasoning_content"] = run.reasoning
     if run.tool_calls:
         message["tool_calls"] = [call.model_dump() for call in run.tool_calls]
-    return {
+    reply = {
         "id": f"chatcmpl-{run.id[4:]}",
         "object": "chat.completion",
         "created": run.created,
@@ -136,6 +141,13 @@ def completion(run: Run) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(run)}],
         "usage": _usage(run.usage),
     }
+    if run.sources is not None:  # Parley's extension: what the reply cites
+        reply["parley"] = {"sources": _sources(run.sources)}
+    return reply
+
+
+def _sources(sources: Sources) -> dict[str, Any]:
+    return {"passages": [asdict(p) for p in sources.passages], "pending": [asdict(p) for p in sources.pending]}
 
 
 class ChunkEncoder:
@@ -189,6 +201,8 @@ class ChunkEncoder:
                 self._usage = event
             elif isinstance(event, Finish):
                 parts.append(self._chunk({}, _finish_reason(self._run)))
+            elif isinstance(event, Sources):  # first, before any token: shown whether or not steps are
+                parts.append(self._step_chunk({"type": "sources", **_sources(event)}))
             elif self._steps:
                 step = _step(event)
                 if step is not None:

@@ -17,6 +17,7 @@ from parley.api import openai
 from parley.api.access_doc import access_errors, add_security
 from parley.api.chat_schema import stream_event_schemas
 from parley.api.compat.chatkit_doc import request_schemas as chatkit_request_schemas
+from parley.api.embeddings import document_knowledge_rules
 from parley.api.input_limits import MAX_STOP_SEQUENCES
 from parley.store.inputs import ID_PATTERN
 
@@ -109,6 +110,8 @@ def _document_errors(path: str, operation: Operation) -> None:
         reasons[404] = ["No conversation with that id (`conversation_not_found`)."]
     if chat:
         reasons[404] = ["No model with that name (`model_not_found`)."]
+    if path in ("/api/chat", openai.CHAT_COMPLETIONS_PATH):
+        reasons[404].append("A collection that doesn't exist or is another owner's.")
     if has_body:
         reasons[408] = ["The request body did not arrive within `body_timeout_seconds` (`request_timeout`)."]
         reasons[413] = ["The request body is larger than `max_body_bytes` (`payload_too_large`)."]
@@ -419,6 +422,9 @@ def _add_server_rules(schemas: Schema, app: FastAPI) -> None:
     chat["agent"]["anyOf"] = [{"type": "string", **agents}, _NULL] if agents["enum"] else [_NULL]
     completions = schemas["ChatCompletionBody"]
     completions["properties"]["model"] = {**completions["properties"]["model"], **models}
+    grounding = getattr(app.state, "grounding", None)
+    knowledge = grounding is not None and grounding.knowledge is not None
+    document_knowledge_rules(schemas, getattr(app.state, "embedder", None), knowledge)
     without_tools = [entry.config.name for entry in entries if not entry.model.supports_tools]
     if without_tools:
         completions["allOf"] = [

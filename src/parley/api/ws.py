@@ -1,9 +1,10 @@
 """`WS /ws/chat/{session_id}`: the `/api/chat` events as JSON frames over a WebSocket.
 
 The session id names a conversation, so its history survives reconnects and restarts.
-Client frames: `{"message": "...", "model"?, "agent"?, "max_tokens"?, "temperature"?}` to send a
-message, `{"type": "cancel"}` to stop the reply in progress, `{"type": "ping"}` for an
-application-level keep-alive (answered `{"event": "pong"}`). Server frames:
+Client frames: `{"message": "...", "model"?, "agent"?, "max_tokens"?, "temperature"?, "collections"?}`
+to send a message (with `collections`, a `sources` frame comes before the first token),
+`{"type": "cancel"}` to stop the reply in progress, `{"type": "ping"}` for an application-level
+keep-alive (answered `{"event": "pong"}`). Server frames:
 `{"event": NAME, "data": {...}}` with the same names and payloads as `/api/chat`'s SSE events.
 One reply at a time: a message sent while a reply runs is refused with an error frame
 (`code: "busy"`), not queued, so a client never has replies it didn't wait for.
@@ -130,6 +131,7 @@ class _Session:
                 agent=frame.agent,
                 params=GenerationParams(max_tokens=frame.max_tokens, temperature=frame.temperature),
                 principal=self.principal,
+                collections=frame.collections,
             )
         except Exception as exc:
             self._running = None

@@ -19,6 +19,7 @@ class MessageFrame(BaseModel):
     agent: Name | None = None
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
+    collections: list[Name] = Field(default=[], max_length=16)  # knowledge collections the reply cites
 
 
 class ControlFrame(BaseModel):

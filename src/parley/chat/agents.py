@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from parley.config import AgentConfig
@@ -36,9 +37,14 @@ class Agent:
         self._handoffs = {handoff.spec.name: handoff for handoff in handoffs}
 
     @classmethod
-    def resolve(cls, config: AgentConfig, registry: ToolRegistry, agents: dict[str, AgentConfig]) -> Agent:
-        """The agent with the tools its patterns name now (an MCP server's list changes over time)."""
+    def resolve(
+        cls, config: AgentConfig, registry: ToolRegistry, agents: dict[str, AgentConfig], extra: Sequence[Tool] = ()
+    ) -> Agent:
+        """The agent with the tools its patterns name now (an MCP server's list changes over time),
+        and `extra` tools made for this run (its `search_knowledge`)."""
         tools = registry.matching(config.tools) if config.tools else {}
+        if extra:
+            tools = {**tools, **{tool.spec.name: tool for tool in extra}}
         return cls(config, tools, [Handoff(agents[name]) for name in config.handoffs])
 
     @property

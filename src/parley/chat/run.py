@@ -16,6 +16,7 @@ from parley.events import (
     Finish,
     FinishReason,
     ReasoningDelta,
+    Sources,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -78,6 +79,9 @@ class Run:
         self.end_failure: ParleyError | None = None
         # An agent's steps (tool calls and results, the agents that answered), when it took any.
         self.steps: StepRecord | None = None
+        # The passages the reply draws on (a turn with collections): its first event, before any token.
+        self.sources: Sources | None = None
+        self._sources_sent = False
 
     def on_end(self, callback: RunEnded) -> None:
         """Call `callback(run)` once when the run is closed, whatever its outcome.
@@ -155,18 +159,23 @@ class Run:
                 except StopAsyncIteration:
                     return
                 self._record(batch)
-                yield batch
+                yield self._first(batch)
             async for raw in self._batches:
                 batch = self._normalised(raw)
                 if batch:
                     self._record(batch)
-                    yield batch
+                    yield self._first(batch) if not self._sources_sent else batch
             self.outcome = "complete"
         except Exception as exc:
             self.outcome, self.error = "failed", as_parley_error(exc).message
             raise
         finally:
             self._ended_at = time.perf_counter()
+
+    def _first(self, batch: EventBatch) -> EventBatch:
+        """The first batch, led by the run's sources when it has them."""
+        self._sources_sent = True
+        return batch if self.sources is None else [self.sources, *batch]
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         async with contextlib.aclosing(self.batches()) as batches:

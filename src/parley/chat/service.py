@@ -16,6 +16,7 @@ from parley.config import AgentConfig, SamplingDefaults
 from parley.errors import InvalidRequest
 from parley.models.base import ChatMessage, ChatRequest
 from parley.models.registry import ModelEntry, ModelRegistry
+from parley.tools.base import Tool
 from parley.tools.config import ToolSettings
 from parley.tools.registry import ToolRegistry
 
@@ -71,12 +72,13 @@ class ChatService:
         model: str | None = None,
         agent: str | None = None,
         principal: Principal = OPEN,
+        knowledge: Tool | None = None,
     ) -> Run:
         """Check and admit the request, and begin generating; nothing runs until iterated."""
         entry, agent_config = self.resolve(model, agent, principal)
         request = with_system_prompt(request, agent_config, apply_actions=True)
         admitted = await self.admit(principal, entry, request, agent_config)
-        return self.begin(entry, request, admitted, agent_config)
+        return self.begin(entry, request, admitted, agent_config, knowledge)
 
     async def admit(
         self, principal: Principal, entry: ModelEntry, request: ChatRequest, agent: AgentConfig | None = None
@@ -96,10 +98,13 @@ class ChatService:
         request: ChatRequest,
         admitted: Admitted = NOTHING_ADMITTED,
         agent: AgentConfig | None = None,
+        knowledge: Tool | None = None,
     ) -> Run:
-        """Begin an admitted generation: one model call, or an agent's steps."""
+        """Begin an admitted generation: one model call, or an agent's steps. `knowledge`: the
+        agent's `search_knowledge` tool, given to it when its model calls tools."""
         request = with_defaults(request, agent.defaults if agent is not None else None, entry.config.defaults)
-        resolved = Agent.resolve(agent, self._tools, self._agents) if agent is not None else None
+        extra = [knowledge] if knowledge is not None and entry.model.supports_tools else []
+        resolved = Agent.resolve(agent, self._tools, self._agents, extra) if agent is not None else None
         if resolved is not None and resolved.uses_tools:
             loop = AgentLoop(
                 resolved,

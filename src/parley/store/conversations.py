@@ -421,15 +421,17 @@ class ConversationStore:
         error: str | None = None,
         steps: Sequence[ChatMessage] = (),
         agent: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
     ) -> None:
         """Record how a reply opened by `open_turn` ended; returns once committed. Raises
         MessageNotStreaming if it had already ended (e.g. marked failed as abandoned).
 
         `steps`: an agent's tool calls and results that led to the reply; `agent`: the agent that
-        gave it (another than the turn's after a handoff)."""
+        gave it (another than the turn's after a handoff); `sources`: the passages it drew on."""
         values = _finished_values(content, reasoning, tool_calls, usage, timing, finish_reason, status, error)
         values["steps"] = [step.to_openai() for step in steps] or None
         values["agent"] = inputs.clean_text_or_none(agent, 128)
+        values["sources"] = sources or None
         op = FinishReply(reply_id=reply_id, conversation_id=conversation_id, values=values, now=self._now())
         try:
             async with self._available():

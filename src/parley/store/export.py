@@ -59,6 +59,10 @@ def _message(message: MessageRecord) -> list[str]:
         lines += [_fenced(message.content, "") if message.role == "tool" else message.content.strip(), ""]
     for call in message.tool_calls or []:
         lines += _tool_call(call)
+    if message.sources:
+        lines += ["**Sources:**", ""]
+        lines += [_source_line(source) for source in message.sources]
+        lines.append("")
     if message.status == "cancelled":
         lines += ["> *Stopped before the reply was complete.*", ""]
     elif message.status == "failed":
@@ -96,3 +100,9 @@ def _one_line(text: str) -> str:
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _source_line(source: dict[str, Any]) -> str:
+    page = f", page {source['page']}" if source.get("page") else ""
+    where = f" <{source['uri']}>" if source.get("uri") else ""
+    return f"{source.get('index')}. {_one_line(str(source.get('title') or source.get('document_id')))}{page}{where}"

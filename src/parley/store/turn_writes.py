@@ -238,6 +238,7 @@ FINISHED_COLUMNS = (
     "total_ms",
     "steps",
     "agent",
+    "sources",
 )
 _LIVE = MESSAGES.c
 _STREAMING = (_LIVE.id == bindparam("reply_id"), _LIVE.status == "streaming")
