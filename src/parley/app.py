@@ -15,7 +15,7 @@ from parley.access.limits_setup import limits_may_apply, open_limit_gate
 from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
-from parley.api import admin_keys, admin_mcp, chat, conversations, health, openai, ws
+from parley.api import admin_keys, admin_mcp, agents, chat, conversations, health, openai, ws
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -33,6 +33,8 @@ from parley.observability import Observability
 from parley.observability.exposition import router as metrics_router
 from parley.store import default_database_url, open_store
 from parley.tools.registry import ToolRegistry
+from parley.web import ChatPage
+from parley.web import routes as web_routes
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.registry = registry
         app.state.store = store
         app.state.chat = chat
+        app.state.chat_page = ChatPage.from_package()
         app.state.conversation_chat = ConversationChat(chat, store, autosave)
         await observability.start(chat, registry, store)
         # Models load in the background: /health answers at once, /ready says when they are up.
@@ -113,6 +116,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_api.router)
     app.include_router(admin_keys.router)
     app.include_router(admin_mcp.router)
+    app.include_router(agents.router)
+    app.include_router(web_routes.router)  # the chat page's assets (the page: `/`, in streamforge)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)

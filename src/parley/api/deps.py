@@ -8,9 +8,11 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from parley.access.principal import principal_of
+from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
+from parley.web.page import ChatPage
 
 
 async def _registry(request: HTTPConnection) -> ModelRegistry:
@@ -37,3 +39,19 @@ RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
 OwnerDep = Annotated[str | None, Depends(_owner)]
+
+
+async def _chat_page(request: HTTPConnection) -> ChatPage:
+    page: ChatPage = request.app.state.chat_page
+    return page
+
+
+ChatPageDep = Annotated[ChatPage, Depends(_chat_page)]
+
+
+async def _chat_service(request: HTTPConnection) -> ChatService:
+    chat: ChatService = request.app.state.chat
+    return chat
+
+
+ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
