@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
+from tests.support.agent_plans import BILLING_PROMPT, TRIAGE_PROMPT
 from tests.support.browser import chromium, page_for
 from tests.support.server import running_parley
 from tests.support.upstream import Upstream, new_marker
@@ -19,8 +20,13 @@ STREAM_TIMEOUT_MS = 20_000
 @pytest.fixture(scope="module")
 def parley(upstream: Upstream) -> Iterator[str]:
     models: list[dict[str, Any]] = upstream.parley_models()
-    models.append({"name": "agent-calc", "provider": "openai", "base_url": upstream.base_url + "/v1"})
-    agents = [{"name": "calc", "model": "agent-calc", "tools": ["calculator"], "description": "Does sums"}]
+    for plan in ("agent-calc", "agent-handoff"):
+        models.append({"name": plan, "provider": "openai", "base_url": upstream.base_url + "/v1"})
+    agents = [
+        {"name": "calc", "model": "agent-calc", "tools": ["calculator"], "description": "Does sums"},
+        {"name": "triage", "model": "agent-handoff", "system_prompt": TRIAGE_PROMPT, "handoffs": ["billing"]},
+        {"name": "billing", "model": "agent-handoff", "system_prompt": BILLING_PROMPT},
+    ]
     with running_parley(models=models, agents=agents) as url:
         yield url
 
@@ -206,6 +212,17 @@ def test_an_agents_tool_steps_are_shown(page: Page) -> None:
     page.reload()  # the stored reply shows its steps too
     stored = page.locator(".message.assistant").last
     expect(stored.locator(".tool-call .result")).to_have_text("42")
+
+
+def test_a_handoff_to_another_agent_is_shown(page: Page) -> None:
+    page.goto("/")
+    page.locator("#agent option[value='triage']").wait_for(state="attached")
+    page.select_option("#agent", "triage")
+    reply = send(page, "my invoice question")
+    finished(reply)
+    reply.locator("details.steps summary").click()
+    expect(reply.locator(".handoff")).to_have_text("Handed over from triage to billing")
+    expect(reply.locator(".body")).to_have_text("Billing here: your invoice is paid.")
 
 
 def test_rename_export_and_delete_a_conversation(page: Page) -> None:
