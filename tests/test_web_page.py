@@ -196,6 +196,21 @@ def test_reasoning_is_folded_away_and_a_finish_reason_other_than_stop_is_shown(p
     expect(reply.locator(".status")).to_have_text("Finish reason: tool_calls")
 
 
+def test_failures_before_and_during_a_reply_are_said(page: Page) -> None:
+    open_page(page, "error-mid")  # one piece, then the upstream fails
+    reply = send(page, new_marker())
+    finished(reply)
+    expect(reply.locator(".body")).to_have_text("Partial")
+    expect(reply.locator(".status.error")).to_have_text(re.compile(r"^Error: .+"))
+    page.select_option("#model", "status-500")  # refused before the stream starts
+    page.fill("#input", "this message is kept")
+    page.press("#input", "Enter")
+    expect(page.locator("#notice")).to_be_visible()
+    expect(page.locator("#notice")).not_to_be_empty()
+    assert page.input_value("#input") == "this message is kept"  # to send again
+    expect(page.locator(".message.assistant")).to_have_count(1)
+
+
 def test_an_agents_tool_steps_are_shown(page: Page) -> None:
     page.goto("/")
     page.locator("#agent option[value='calc']").wait_for(state="attached")
