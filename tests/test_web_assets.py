@@ -61,6 +61,7 @@ def test_a_browser_gets_the_page_and_streamforge_clients_keep_their_json(http: h
         root = http.get("/", headers={"Accept": accept})
         assert root.headers["content-type"] == "application/json"
         assert root.json()["name"] == "Parley"
+        assert root.headers["vary"] == "Accept"
 
 
 def test_assets_have_versioned_urls_types_and_a_long_cache(http: httpx.Client) -> None:

@@ -237,10 +237,11 @@ _ROOT_DOC: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/", response_model=ServiceInfo, responses=_ROOT_DOC)
-async def root(request: Request, page: ChatPageDep) -> ServiceInfo | Response:
+async def root(request: Request, response: Response, page: ChatPageDep) -> ServiceInfo | Response:
     """What this server is, and where its main routes are; the chat page (`parley.web`) for a browser."""
     if page.wanted_by(request):
         return page.page()
+    response.headers["Vary"] = "Accept"  # a cache in front must not give this JSON to a browser
     return ServiceInfo(
         endpoints={
             "chat": "/chat",
