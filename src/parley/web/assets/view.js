@@ -88,7 +88,11 @@ export class ReplyView {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
+      const list = this.root.parentElement;
+      // Follow the reply down, unless the reader has scrolled up to read something else.
+      const following = list && list.scrollHeight - list.scrollTop - list.clientHeight < 80;
       this.body.replaceChildren(renderMarkdown(this.text));
+      if (following) list.scrollTop = list.scrollHeight;
     });
   }
 
