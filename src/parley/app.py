@@ -15,7 +15,7 @@ from parley.access.limits_setup import limits_may_apply, open_limit_gate
 from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
-from parley.api import admin_keys, admin_mcp, chat, conversations, embeddings, health, openai, ws
+from parley.api import admin_keys, admin_mcp, agents, chat, conversations, embeddings, health, openai, ws
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -36,6 +36,8 @@ from parley.observability import Observability
 from parley.observability.exposition import router as metrics_router
 from parley.store import default_database_url, open_store
 from parley.tools.registry import ToolRegistry
+from parley.web import ChatPage
+from parley.web import routes as web_routes
 
 
 def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) -> FastAPI:
@@ -78,6 +80,7 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
         app.state.registry = registry
         app.state.store = store
         app.state.chat = chat
+        app.state.chat_page = ChatPage.from_package()
         # One embedder for the server: `/v1/embeddings` and the knowledge base share it.
         embedder = await open_embedder(settings.knowledge.embedder)
         app.state.embedder = embedder
@@ -124,6 +127,8 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
     app.include_router(usage_api.router)
     app.include_router(admin_keys.router)
     app.include_router(admin_mcp.router)
+    app.include_router(agents.router)
+    app.include_router(web_routes.router)  # the chat page's assets (the page: `/`, in streamforge)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)

@@ -36,7 +36,7 @@ WS_KEY_PROTOCOL = "parley.key."
 WS_FRAME_AUTH_PREFIX = "/ws/"  # WebSocket routes that read a key from the first frame
 AUTH_PENDING = "auth_pending"  # in scope["state"]: the WebSocket must authenticate with its first frame
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-PUBLIC_PREFIXES = ("/static-offline-docs/",)  # the docs' own scripts and styles
+PUBLIC_PREFIXES = ("/static-offline-docs/", "/assets/")  # the docs' and the chat page's scripts and styles
 
 # Who a request is before its key is known: owns nothing, may use nothing (a route that forgot to
 # authenticate fails closed, instead of seeing everything as OPEN would).
@@ -110,6 +110,8 @@ async def _authenticated(scope: Scope, authenticator: Authenticator) -> Principa
     path = _route_path(scope)
     if scope["type"] == "http" and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or _is_preflight(scope)):
         return NOBODY
+    if _is_chat_page(scope, path):  # the page asks for a key itself, when the API answers 401
+        return NOBODY
     key: str | None = None
     end_user: bytes | None = None
     for name, value in scope["headers"]:
@@ -154,3 +156,10 @@ def _route_path(scope: Scope) -> str:
 
 async def _refuse(scope: Scope, send: Send, error: ParleyError) -> None:
     await refuse(scope, send, error)
+
+
+def _is_chat_page(scope: Scope, path: str) -> bool:
+    """A browser asking for the chat page at `/` (StreamForge's JSON at the same path still needs a key)."""
+    if scope["type"] != "http" or path != "/" or scope["method"] not in ("GET", "HEAD"):
+        return False
+    return any(name == b"accept" and b"text/html" in value for name, value in scope["headers"])

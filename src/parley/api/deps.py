@@ -8,10 +8,12 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from parley.access.principal import principal_of
+from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.knowledge.base import Embedder
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
+from parley.web.page import ChatPage
 
 
 async def _registry(request: HTTPConnection) -> ModelRegistry:
@@ -44,3 +46,19 @@ ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
 OwnerDep = Annotated[str | None, Depends(_owner)]
 EmbedderDep = Annotated[Embedder, Depends(_embedder)]
+
+
+async def _chat_page(request: HTTPConnection) -> ChatPage:
+    page: ChatPage = request.app.state.chat_page
+    return page
+
+
+ChatPageDep = Annotated[ChatPage, Depends(_chat_page)]
+
+
+async def _chat_service(request: HTTPConnection) -> ChatService:
+    chat: ChatService = request.app.state.chat
+    return chat
+
+
+ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]

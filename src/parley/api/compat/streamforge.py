@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection
 
 from parley.access.principal import principal_of
 from parley.api.compat.tether import TetherReply, tether_reply
-from parley.api.deps import ConversationChatDep, OwnerDep, StoreDep
+from parley.api.deps import ChatPageDep, ConversationChatDep, OwnerDep, StoreDep
 from parley.api.health import VERSION
 from parley.api.input_limits import (
     CheckedJSONRoute,
@@ -228,9 +228,20 @@ class ServiceInfo(BaseModel):
     endpoints: dict[str, str]
 
 
-@router.get("/")
-async def root() -> ServiceInfo:
-    """What this server is, and where its main routes are."""
+_ROOT_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON for StreamForge's clients; the chat page for a browser (an `Accept` naming `text/html`).",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/", response_model=ServiceInfo, responses=_ROOT_DOC)
+async def root(request: Request, response: Response, page: ChatPageDep) -> ServiceInfo | Response:
+    """What this server is, and where its main routes are; the chat page (`parley.web`) for a browser."""
+    if page.wanted_by(request):
+        return page.page()
+    response.headers["Vary"] = "Accept"  # a cache in front must not give this JSON to a browser
     return ServiceInfo(
         endpoints={
             "chat": "/chat",
