@@ -16,6 +16,7 @@ import pytest
 
 from parley.sidecar import listening_line, process_alive
 from tests.support.process import PARLEY
+from tests.support.server import wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,20 @@ def test_port_zero_announces_the_bound_port_and_the_server_answers_there(
             timeout=30,
         )
         assert reply.status_code == 200, reply.text
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_the_port_line_is_not_lost_while_the_local_model_loads(tmp_path: Path, parent: subprocess.Popen[bytes]) -> None:
+    # llama.cpp points stdout at /dev/null while it loads a model; the line must still arrive.
+    config = tmp_path / "local.toml"
+    config.write_text(f'data_dir = "{tmp_path}"\n')  # no models: the bundled SmolLM2
+    server = start_sidecar(config, parent.pid)
+    try:
+        url = json.loads(read_first_line(server, timeout=180))["url"]
+        wait_ready(url, 180)
+        assert httpx.get(f"{url}/health", timeout=10).json()["provider"] == "llamacpp"
     finally:
         server.kill()
         server.wait()

@@ -93,7 +93,7 @@ def serve(
     app = create_app(settings)
     _tune_garbage_collector()
     # Port 0: the system picks one, and the first line on stdout says which (see parley.sidecar).
-    serve_app(app, settings, Sidecar(announce=settings.port == 0, parent_pid=parent_pid))
+    serve_app(app, settings, Sidecar.for_serve(announce=settings.port == 0, parent_pid=parent_pid))
 
 
 @app.command()

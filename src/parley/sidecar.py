@@ -75,7 +75,15 @@ class Sidecar:
 
     announce: bool = False
     parent_pid: int | None = None
-    out: TextIO = sys.stdout
+    out: TextIO | None = None
+
+    @classmethod
+    def for_serve(cls, announce: bool, parent_pid: int | None) -> Sidecar:
+        """The port line goes to a duplicate of stdout made now: llama.cpp's model loading points
+        file descriptors 1 and 2 at /dev/null for a while (from its worker thread), and a line
+        written meanwhile through them would be lost."""
+        out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8") if announce else None
+        return cls(announce, parent_pid, out)
 
     @property
     def active(self) -> bool:
@@ -84,8 +92,9 @@ class Sidecar:
     def started(self, bound: tuple[str, int], stop: Callable[[], None]) -> asyncio.Task[None] | None:
         """Called once the server listens: print the port line, start watching the parent."""
         if self.announce:
-            self.out.write(listening_line(*bound) + "\n")
-            self.out.flush()
+            out = self.out or sys.stdout
+            out.write(listening_line(*bound) + "\n")
+            out.flush()
         if self.parent_pid is None:
             return None
         return asyncio.get_running_loop().create_task(watch_parent(self.parent_pid, stop), name="parley-parent-watch")
