@@ -15,29 +15,12 @@ import httpx
 import pytest
 
 from parley.sidecar import listening_line, process_alive
-from tests.support.process import PARLEY
+from tests.support.process import PARLEY, read_first_line
 from tests.support.server import wait_ready
 
 pytestmark = pytest.mark.slow
 
 FAKE_CONFIG = '[[models]]\nname = "echo"\nprovider = "fake"\n'
-
-
-def read_first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
-    """The first line the process prints on stdout (fails the test if none comes in time)."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    os.set_blocking(process.stdout.fileno(), False)
-    buffered = ""
-    while time.monotonic() < deadline:
-        chunk = process.stdout.readline()
-        buffered += chunk or ""
-        if buffered.endswith("\n"):
-            return buffered
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"no line on stdout (exit code {process.poll()}), got {buffered!r}")
 
 
 @pytest.fixture
