@@ -63,12 +63,16 @@ def serve(
     allow_open: Annotated[
         bool, typer.Option("--allow-open", help="Run with no API keys on a non-loopback address, deliberately.")
     ] = False,
+    parent_pid: Annotated[
+        int | None, typer.Option("--parent-pid", help="Exit when this process ends (a desktop app's sidecar).")
+    ] = None,
 ) -> None:
     """Start the server. With no config, it serves the bundled SmolLM2 model."""
     from parley.access.startup import check_access
     from parley.app import create_app
     from parley.observability.json_logs import configure_logging
     from parley.serving import serve as serve_app
+    from parley.sidecar import Sidecar
 
     try:
         settings: Settings = load_settings(config, host=host, port=port, allow_open=allow_open or None)
@@ -88,7 +92,8 @@ def serve(
         errors.print(f"Parley on http://{settings.host}:{settings.port} — models: {models}", highlight=False)
     app = create_app(settings)
     _tune_garbage_collector()
-    serve_app(app, settings)
+    # Port 0: the system picks one, and the first line on stdout says which (see parley.sidecar).
+    serve_app(app, settings, Sidecar.for_serve(announce=settings.port == 0, parent_pid=parent_pid))
 
 
 @app.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from types import FrameType
 
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from parley.config import Settings
 from parley.http_protocol import protocol_for
 from parley.lifecycle import Lifecycle
+from parley.sidecar import Sidecar
 
 log = logging.getLogger("parley.serving")
 
@@ -30,17 +32,24 @@ WS_PROTOCOL_LIMIT_FACTOR = 4
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_seconds: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, grace_seconds: float, sidecar: Sidecar | None = None
+    ) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
         self._grace_seconds = grace_seconds
+        self._sidecar = sidecar or Sidecar()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
         self._draining: asyncio.Task[None] | None = None
+        self._parent_watch: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self._sidecar.active:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self._parent_watch = self._sidecar.started((host, port), lambda: self.handle_exit(signal.SIGTERM, None))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -64,7 +73,7 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
+def serve(app: FastAPI, settings: Settings, sidecar: Sidecar | None = None) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -83,4 +92,4 @@ def serve(app: FastAPI, settings: Settings) -> None:
         http=protocol_for(settings),  # header and body read timeouts, a capped head, JSON refusals
     )
     lifecycle: Lifecycle = app.state.lifecycle
-    DrainingServer(config, lifecycle, settings.shutdown_grace_seconds).run()
+    DrainingServer(config, lifecycle, settings.shutdown_grace_seconds, sidecar).run()

@@ -44,9 +44,9 @@ def _admin_engine(server_url: str) -> AsyncEngine:
     )
 
 
-async def create_postgres_database(server_url: str = POSTGRES_URL) -> str:
-    """Create an empty database on the server at `server_url`; return its URL."""
-    name = f"parley_test_{uuid.uuid4().hex[:16]}"
+async def create_postgres_database(server_url: str = POSTGRES_URL, prefix: str = "parley_test") -> str:
+    """Create an empty database on the server at `server_url`, named `prefix` and a random part; return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
     engine = _admin_engine(server_url)
     try:
         async with engine.connect() as admin:

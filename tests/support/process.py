@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,20 @@ def parley_serve(config: Path, *, ready_timeout: float = 120, env: dict[str, str
     """`parley serve --config CONFIG` in a subprocess; yields its base URL once /ready says so."""
     with parley_process(config, ready_timeout=ready_timeout, env=env) as server:
         yield server.url
+
+
+def read_first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    """The first line the process prints on stdout (fails the test if none comes in time)."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    buffered = ""
+    while time.monotonic() < deadline:
+        chunk = process.stdout.readline()
+        buffered += chunk or ""
+        if buffered.endswith("\n"):
+            return buffered
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no line on stdout (exit code {process.poll()}), got {buffered!r}")
