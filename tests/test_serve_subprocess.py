@@ -115,5 +115,7 @@ def test_invalid_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
     config.write_text('[[models]]\nname = "remote"\nprovider = "openai"\n')
     result = run_parley("serve", "--config", str(config), timeout=30)
     assert result.returncode == 2
-    assert "models.0.openai.base_url" in result.stderr
-    assert "Field required" in result.stderr
+    # (an upstream is one base_url or a pool's endpoints: the message names the model and both)
+    assert "models.0.openai" in result.stderr
+    assert "base_url" in result.stderr
+    assert "endpoints" in result.stderr
