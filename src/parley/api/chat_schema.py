@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,13 @@ class ChatBody(BaseModel):
     stream: Flag = Field(default=True, description="Stream SSE events (true) or reply once with JSON.")
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
+    on_disconnect: Literal["continue", "cancel"] | None = Field(
+        default=None,
+        description=(
+            "A streamed reply whose client leaves: keeps generating, resumable at `/api/runs/{run_id}/events` "
+            "(`continue`), or is cancelled (`cancel`). Default: the server's `on_disconnect`."
+        ),
+    )
 
 
 class UsageOut(BaseModel):

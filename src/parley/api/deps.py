@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from parley.access.principal import principal_of
 from parley.chat.turns import ConversationChat
 from parley.models.registry import ModelRegistry
+from parley.runs import RunHub
 from parley.store import ConversationStore
 
 
@@ -28,6 +29,11 @@ async def _store(request: HTTPConnection) -> ConversationStore:
     return store
 
 
+async def _run_hub(request: HTTPConnection) -> RunHub:
+    hub: RunHub = request.app.state.runs
+    return hub
+
+
 async def _owner(request: HTTPConnection) -> str | None:
     """The caller's owner (`Principal.owner`): what the store filters conversations by."""
     return principal_of(request).owner
@@ -37,3 +43,4 @@ RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
 OwnerDep = Annotated[str | None, Depends(_owner)]
+RunHubDep = Annotated[RunHub, Depends(_run_hub)]
