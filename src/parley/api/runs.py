@@ -142,9 +142,15 @@ async def stream_surviving(
         turn = await start()
         try:
             await turn.run.wait_for_head(settings.stream_head_wait_seconds)
+            gone = await request.is_disconnected()
         except BaseException:
             await close_run(turn.run)
             raise
+        if gone:  # left before the stream began: it never learned the run, so nobody could resume it
+            await close_run(turn.run)
+            if claim is not None:
+                await hub.idempotency.release(claim)
+            return Response(status_code=204)
         encoder = LoggedChatEvents(ChatEvents(turn, settings.tools.client_result_chars))
         await hub.start_run(
             turn.run, encoder, owner=owner, conversation_id=turn.conversation_id, message_id=turn.message_id
