@@ -24,7 +24,14 @@ from parley.ids import unique_hex
 from parley.runs.cancel_bus import CancelBus
 from parley.runs.idempotency import Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore
 from parley.runs.memory_log import MemoryRunLogs
-from parley.runs.records import LoggedEvent, RunExpired, RunNotFound, RunNotResumable, RunRecord
+from parley.runs.records import (
+    LoggedEvent,
+    RunExpired,
+    RunLogUnavailable,
+    RunNotFound,
+    RunNotResumable,
+    RunRecord,
+)
 from parley.runs.redis_log import RedisRunLogs
 
 log = logging.getLogger("parley.runs")
@@ -44,12 +51,6 @@ class RunEncoder(Protocol):
     def closing(self) -> list[NamedBytes]: ...
 
     def error(self, error: ParleyError) -> list[NamedBytes]: ...
-
-
-class RunLogUnavailable(ParleyError):
-    status_code = 503
-    error_type = "server_error"
-    code = "run_log_unavailable"
 
 
 class RunHub:
@@ -102,13 +103,18 @@ class RunHub:
         self._stops[run.id] = stop
         try:
             if self._shared is not None:
-                await self._shared.begin(record)
-            await self._append(run.id, numbering(encoder.opening()))
+                try:
+                    await self._shared.begin(record)
+                except (RedisError, OSError) as exc:
+                    raise RunLogUnavailable(str(exc)) from exc
+            self._append(run.id, numbering(encoder.opening()))
         except BaseException:
             self._stops.pop(run.id, None)
             with anyio.CancelScope(shield=True):
                 await run.aclose()
             self._local.end(run.id, "failed")
+            if self._shared is not None:
+                self._shared.end(record, "failed", numbering.last)
             raise
         task = asyncio.get_running_loop().create_task(self._drive(run, encoder, numbering, stop), name="run-driver")
         self._drivers.add(task)
@@ -123,7 +129,7 @@ class RunHub:
                     async for batch in batches:
                         events = encoder.encode(batch)
                         if events:
-                            await self._append(run.id, numbering(events))
+                            self._append(run.id, numbering(events))
         except Exception as exc:
             failure = as_parley_error(exc)
             if not isinstance(exc, ParleyError):
@@ -134,29 +140,19 @@ class RunHub:
                 await run.aclose()  # the reply is saved here, before its last events are logged
         failure = failure or run.interruption or run.end_failure
         state = run.outcome or "cancelled"
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._append(run.id, numbering(encoder.closing() if failure is None else encoder.error(failure)))
-            except ParleyError:
-                log.warning("run %s: its last events could not be logged", run.id)
-            self._local.end(run.id, state)
-            if self._shared is not None:
-                record = self._local.record(run.id)
-                assert record is not None
-                try:
-                    await self._shared.end(run.id, record, state, numbering.last)
-                except (RedisError, OSError) as exc:
-                    log.warning("run %s: its end could not be written to Redis: %s", run.id, exc)
+        self._append(run.id, numbering(encoder.closing() if failure is None else encoder.error(failure)))
+        self._local.end(run.id, state)
+        if self._shared is not None:
+            record = self._local.record(run.id)
+            assert record is not None
+            self._shared.end(record, state, numbering.last)
 
-    async def _append(self, run_id: str, events: Sequence[LoggedEvent]) -> None:
+    def _append(self, run_id: str, events: Sequence[LoggedEvent]) -> None:
         if not events:
             return
         self._local.append(run_id, events)
         if self._shared is not None:
-            try:
-                await self._shared.append(run_id, events)
-            except (RedisError, OSError) as exc:
-                raise RunLogUnavailable("the run's event log could not be written", detail=str(exc)) from exc
+            self._shared.append(run_id, events)
 
     def stop_local(self, run_id: str) -> bool:
         """Stop `run_id` if this instance runs it (it ends as cancelled); whether it did."""

@@ -4,7 +4,6 @@ copy of a Redis-backed one (a reader on the run's own instance never goes to Red
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -21,7 +20,9 @@ class EventBuffer:
     def __init__(self, record: RunRecord) -> None:
         self.record = record
         self.events: list[LoggedEvent] = []
-        self._changed = asyncio.Event()
+        # Each waiting reader's own future (an asyncio.Event and wait_for's task per wait cost a
+        # tenth of a streamed request): resolved True by a change, False by its idle timer.
+        self._waiters: list[asyncio.Future[bool]] = []
 
     def extend(self, events: Sequence[LoggedEvent]) -> None:
         self.events.extend(events)
@@ -32,8 +33,26 @@ class EventBuffer:
         self._wake()
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def _idle(self, waiter: asyncio.Future[bool]) -> None:
+        if not waiter.done():
+            waiter.set_result(False)
+            self._waiters.remove(waiter)
+
+    async def _changed(self) -> bool:
+        """Wait for new events or the end, for up to IDLE_SECONDS; whether they came."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(IDLE_SECONDS, self._idle, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
 
     @property
     def last_seq(self) -> int:
@@ -51,10 +70,7 @@ class EventBuffer:
                 continue
             if self.record.state != "running":
                 return
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), IDLE_SECONDS)
-            if not changed.is_set():
+            if not await self._changed():
                 yield []
 
 

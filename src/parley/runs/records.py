@@ -100,3 +100,14 @@ class IdempotencyKeyReused(ParleyError):
 
     def __init__(self) -> None:
         super().__init__("this Idempotency-Key was used for a different request")
+
+
+class RunLogUnavailable(ParleyError):
+    """Redis, which keeps the runs' logs for every instance, can't be reached: the reply is not started."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "run_log_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("the run log (Redis) can't be reached; try again shortly", detail=detail)
