@@ -94,8 +94,11 @@ async def chat(
         str | None,
         Header(
             alias="Idempotency-Key",
-            max_length=255,
-            description="A retry with the same key (and body) gets the first request's run, from its start.",
+            pattern=r"^[\x21-\x7e]{1,255}$",
+            description=(
+                "A retry with the same key (and body) gets the first request's run, from its start. Only for a "
+                'streamed reply that continues when its client leaves (`on_disconnect` "continue"): else 400.'
+            ),
         ),
     ] = None,
 ) -> Response | ChatReply:

@@ -100,8 +100,8 @@ async def run_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> Response:
     """Replay what a client missed of a run and follow it live, on any instance: its owner only."""
-    position = resume_position(after, last_event_id)
     record = await hub.resumable(_checked_run_id(run_id), principal_of(request).owner)
+    position = resume_position(after, last_event_id)
     settings: Settings = request.app.state.settings
     return LoggedSSEResponse(hub.read(record.run_id, position), settings.sse_ping_seconds)
 
