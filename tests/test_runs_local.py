@@ -192,3 +192,18 @@ def test_the_run_routes_are_documented_with_their_errors(parley: str) -> None:
     assert "409" in paths["/api/chat"]["post"]["responses"]
     detail = httpx.get(f"{parley}/openapi.json").json()["components"]["schemas"]["ConversationDetail"]
     assert "active_run" in detail["properties"]
+
+
+def test_a_cancel_frame_stops_a_run_the_socket_resumed(parley: str) -> None:
+    first = post_chat(parley, stop=2)
+    start = json.loads(first[0].data)
+    url = parley.replace("http://", "ws://") + f"/ws/chat/{start['conversation_id']}"
+    with connect(url, open_timeout=WAIT) as ws:
+        ws.send(json.dumps({"type": "resume", "run_id": start["run_id"], "after": int(first[-1].id)}))
+        assert json.loads(ws.recv(timeout=WAIT))["event"] == "text_delta"
+        ws.send(json.dumps({"type": "cancel"}))
+        frames = [json.loads(ws.recv(timeout=WAIT))]
+        while frames[-1]["event"] not in ("message_complete", "error"):
+            frames.append(json.loads(ws.recv(timeout=WAIT)))
+    assert frames[-1]["data"]["finish_reason"] == "cancelled"
+    assert stored(parley, start["conversation_id"], "cancelled")["status"] == "cancelled"

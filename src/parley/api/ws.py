@@ -78,7 +78,7 @@ class _Session:
         self._socket = socket
         self._runs = runs
         self._following: str | None = None  # the run whose log this socket reads (a surviving reply)
-        self._cancels: set[asyncio.Task[object]] = set()
+        self._cancels: set[asyncio.Task[None]] = set()
         self._session_id = session_id
         self._conversations = conversations
         self._lifecycle = lifecycle
@@ -143,7 +143,7 @@ class _Session:
             await self.send_frame({"event": "pong"})
         elif self._following is not None and self._runs is not None:
             # A surviving reply (maybe on another instance): stopped there; its end comes through the log.
-            cancel = asyncio.create_task(self._runs.cancel(self._following, self.principal.owner))
+            cancel = asyncio.create_task(self._cancel_following(self._runs, self._following))
             self._cancels.add(cancel)
             cancel.add_done_callback(self._cancels.discard)
         elif self._running is not None:
@@ -210,6 +210,12 @@ class _Session:
                     await self.send(named, seq)
         if self._lifecycle.draining:
             self.shutting_down()
+
+    async def _cancel_following(self, runs: RunHub, run_id: str) -> None:
+        try:
+            await runs.cancel(run_id, self.principal.owner)
+        except Exception as exc:  # (e.g. its instance died): the client is told, the socket stays open
+            await self._send_error(exc)
 
     async def _resume(self, frame: ResumeFrame, stopping: anyio.CancelScope) -> None:
         assert self._runs is not None
