@@ -167,7 +167,9 @@ def test_bad_conversation_requests_are_4xx(upstream: Upstream, database_url: str
 
 def test_cancelled_reply_is_saved_with_what_was_produced(upstream: Upstream, database_url: str) -> None:
     with parley(upstream, database_url) as http:
-        with connect_sse(http, "POST", "/api/chat", json={"message": "cancel me", "model": "slow"}) as source:
+        with connect_sse(
+            http, "POST", "/api/chat", json={"message": "cancel me", "model": "slow", "on_disconnect": "cancel"}
+        ) as source:
             events = source.iter_sse()
             start = json.loads(next(events).data)
             for _ in range(3):

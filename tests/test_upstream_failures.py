@@ -264,7 +264,9 @@ def test_closing_a_chat_api_stream_cancels_the_upstream(
     ask = new_marker()
     with (
         httpx.Client(timeout=30) as http,
-        connect_sse(http, "POST", parley + "/api/chat", json={"message": ask, "model": model}) as source,
+        connect_sse(
+            http, "POST", parley + "/api/chat", json={"message": ask, "model": model, "on_disconnect": "cancel"}
+        ) as source,
     ):
         for event in source.iter_sse():
             if event.event == "text_delta":

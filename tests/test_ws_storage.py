@@ -100,7 +100,7 @@ def test_a_cancel_frame_stops_the_reply_and_it_is_saved_as_cancelled(stored: str
 def test_a_client_that_leaves_mid_reply_cancels_it(stored: str, upstream: Upstream) -> None:
     session = new_session()
     with socket(stored, session) as ws:
-        ws.send(json.dumps({"message": f"leaving {session}", "model": "slow"}))
+        ws.send(json.dumps({"message": f"leaving {session}", "model": "slow", "on_disconnect": "cancel"}))
         frames = until_event(ws, "text_delta")
     seen = upstream.find(f"leaving {session}")
     assert seen.wait_ended()

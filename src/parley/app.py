@@ -15,7 +15,7 @@ from parley.access.limits_setup import limits_may_apply, open_limit_gate
 from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
-from parley.api import admin_keys, admin_mcp, agents, chat, conversations, embeddings, health, openai, ws
+from parley.api import admin_keys, admin_mcp, agents, chat, conversations, embeddings, health, openai, runs, ws
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -34,6 +34,7 @@ from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
 from parley.observability import Observability
 from parley.observability.exposition import router as metrics_router
+from parley.runs import open_run_hub
 from parley.store import default_database_url, open_store
 from parley.tools.registry import ToolRegistry
 from parley.web import ChatPage
@@ -87,12 +88,20 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
         grounding = Grounding(knowledge, settings.knowledge)
         app.state.grounding = grounding
         app.state.conversation_chat = ConversationChat(chat, store, autosave, grounding)
+        app.state.runs = await open_run_hub(
+            settings.redis_url,
+            settings.redis_prefix,
+            keep_seconds=settings.run_log_seconds,
+            reference_seconds=settings.run_record_seconds,
+            idempotency_seconds=settings.idempotency_seconds,
+        )
         await observability.start(chat, registry, store)
         # Models load in the background: /health answers at once, /ready says when they are up.
         loading = asyncio.create_task(registry.load_all())
         try:
             yield
         finally:
+            await app.state.runs.aclose()  # (replies still running are saved as they end)
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
@@ -122,6 +131,7 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
     app.include_router(embeddings.router)
     app.include_router(chat.router)
     app.include_router(conversations.router)
+    app.include_router(runs.router)
     app.include_router(ws.router)
     app.include_router(health.router)
     app.include_router(usage_api.router)

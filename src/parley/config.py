@@ -286,6 +286,15 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="parley", min_length=1, max_length=64)  # of Parley's Redis keys and channels
     # Tokens reserved for a reply whose request, model and defaults set no max_tokens, when a token
     # limit or budget applies (settled against the real usage when the reply ends).
+    # Streams that survive (parley.runs). A streamed `/api/chat` or WebSocket reply whose client
+    # leaves: "continue" generating (resumable at /api/runs/{id}/events), or "cancel" it. A request
+    # may say otherwise (`on_disconnect`); `/v1` always cancels, as OpenAI's API does.
+    on_disconnect: Literal["continue", "cancel"] = "continue"
+    # How long a run's events are kept after it ended (for resumes; its reply is stored for good),
+    # and how long after that a resume still answers 410 with where the reply is (rather than 404).
+    run_log_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    run_record_seconds: float = Field(default=86_400.0, gt=0)
+    idempotency_seconds: float = Field(default=86_400.0, gt=0)  # an Idempotency-Key's run is remembered this long
     limit_reserve_tokens: int = Field(default=4096, ge=1)
     record_usage: bool = True  # every reply's tokens and cost, per key, end user, model and day (GET /api/usage)
     log_format: Literal["text", "json"] = "text"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from parley.access.principal import principal_of
@@ -19,10 +20,12 @@ from parley.api.chat_schema import (
     timing_out,
     tool_calls_out,
 )
-from parley.api.deps import ConversationChatDep
+from parley.api.deps import ConversationChatDep, RunHubDep
 from parley.api.input_limits import CheckedJSONRoute
+from parley.api.runs import digest_of, stream_surviving
 from parley.api.streaming import collect_unless_disconnected, stream_run
-from parley.errors import ParleyError
+from parley.chat.turns import Turn
+from parley.errors import InvalidRequest, ParleyError
 from parley.events import EventBatch, ReasoningDelta, TextDelta
 from parley.models.base import GenerationParams
 
@@ -91,16 +94,44 @@ class _SSEChatEvents:
 
 
 @router.post("/chat", response_model=ChatReply, responses=_STREAM_DOC)
-async def chat(body: ChatBody, request: Request, conversations: ConversationChatDep) -> Response | ChatReply:
-    turn = await conversations.start(
-        body.message,
-        conversation_id=body.conversation_id,
-        model=body.model,
-        agent=body.agent,
-        params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
-        principal=principal_of(request),
-        collections=body.collections,
-    )
+async def chat(
+    body: ChatBody,
+    request: Request,
+    conversations: ConversationChatDep,
+    runs: RunHubDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=r"^[\x21-\x7e]{1,255}$",
+            description=(
+                "A retry with the same key (and body) gets the first request's run, from its start. Only for a "
+                'streamed reply that continues when its client leaves (`on_disconnect` "continue"): else 400.'
+            ),
+        ),
+    ] = None,
+) -> Response | ChatReply:
+    def start() -> Awaitable[Turn]:
+        return conversations.start(
+            body.message,
+            conversation_id=body.conversation_id,
+            model=body.model,
+            agent=body.agent,
+            params=GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature),
+            principal=principal_of(request),
+            collections=body.collections,
+        )
+
+    if body.stream and (body.on_disconnect or request.app.state.settings.on_disconnect) == "continue":
+        return await stream_surviving(
+            request, runs, start, idempotency_key=idempotency_key, request_digest=digest_of(body)
+        )
+    if idempotency_key is not None:
+        raise InvalidRequest(
+            'Idempotency-Key needs a streamed reply that continues when its client leaves (on_disconnect "continue")',
+            param="Idempotency-Key",
+        )
+    turn = await start()
     run, events = turn.run, ChatEvents(turn, request.app.state.settings.tools.client_result_chars)
     if not body.stream:
         await collect_unless_disconnected(run, request.receive)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,13 @@ class ChatBody(BaseModel):
         default=[],
         description="Knowledge collections (ids) to retrieve from: the reply cites their passages as [1], [2] "
         "(with the agent's own collections, if it has any).",
+    )
+    on_disconnect: Literal["continue", "cancel"] | None = Field(
+        default=None,
+        description=(
+            "A streamed reply whose client leaves: keeps generating, resumable at `/api/runs/{run_id}/events` "
+            "(`continue`), or is cancelled (`cancel`). Default: the server's `on_disconnect`."
+        ),
     )
 
 

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from parley.api.chat_schema import SourcePassageOut, UsageOut
-from parley.api.deps import OwnerDep, StoreDep
+from parley.api.deps import OwnerDep, RunHubDep, StoreDep
 from parley.api.input_limits import CheckedJSONRoute, is_conversation_id
+from parley.api.runs import ActiveRunOut, active_run_out
 from parley.store.errors import ConversationNotFound
 
 router = APIRouter(prefix="/api/conversations", tags=["Conversations"], route_class=CheckedJSONRoute)
@@ -66,6 +67,9 @@ class MessageOut(BaseModel):
 
 class ConversationDetail(ConversationOut):
     messages: list[MessageOut]
+    active_run: ActiveRunOut | None = Field(
+        default=None, description="The reply being generated now, if any: attach with `/api/runs/{run_id}/events`."
+    )
 
 
 class ConversationPageOut(BaseModel):
@@ -94,8 +98,12 @@ async def list_conversations(
 
 
 @router.get("/{conversation_id}")
-async def get_conversation(conversation_id: ConversationIdPath, store: StoreDep, owner: OwnerDep) -> ConversationDetail:
-    return ConversationDetail.model_validate((await store.get_conversation(conversation_id, owner=owner)).to_dict())
+async def get_conversation(
+    conversation_id: ConversationIdPath, store: StoreDep, owner: OwnerDep, runs: RunHubDep
+) -> ConversationDetail:
+    detail = ConversationDetail.model_validate((await store.get_conversation(conversation_id, owner=owner)).to_dict())
+    detail.active_run = active_run_out(await runs.active_run(conversation_id))
+    return detail
 
 
 @router.patch("/{conversation_id}")

@@ -12,6 +12,7 @@ from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.knowledge.base import Embedder
 from parley.models.registry import ModelRegistry
+from parley.runs import RunHub
 from parley.store import ConversationStore
 from parley.web.page import ChatPage
 
@@ -29,6 +30,11 @@ async def _conversation_chat(request: HTTPConnection) -> ConversationChat:
 async def _store(request: HTTPConnection) -> ConversationStore:
     store: ConversationStore = request.app.state.store
     return store
+
+
+async def _run_hub(request: HTTPConnection) -> RunHub:
+    hub: RunHub = request.app.state.runs
+    return hub
 
 
 async def _owner(request: HTTPConnection) -> str | None:
@@ -62,3 +68,6 @@ async def _chat_service(request: HTTPConnection) -> ChatService:
 
 
 ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
+
+
+RunHubDep = Annotated[RunHub, Depends(_run_hub)]

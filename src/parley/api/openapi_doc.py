@@ -112,6 +112,7 @@ def _document_errors(path: str, operation: Operation) -> None:
         reasons[404] = ["No model with that name (`model_not_found`)."]
     if path in ("/api/chat", openai.CHAT_COMPLETIONS_PATH):
         reasons[404].append("A collection that doesn't exist or is another owner's.")
+    _document_run_errors(path, reasons)
     if has_body:
         reasons[408] = ["The request body did not arrive within `body_timeout_seconds` (`request_timeout`)."]
         reasons[413] = ["The request body is larger than `max_body_bytes` (`payload_too_large`)."]
@@ -131,6 +132,24 @@ def _document_errors(path: str, operation: Operation) -> None:
     for status, why in sorted(reasons.items()):
         headers = _RETRY_AFTER if status in (429, 503) else None
         responses.setdefault(str(status), {}).update(_error(" ".join(why), headers))
+
+
+def _document_run_errors(path: str, reasons: dict[int, list[str]]) -> None:
+    """The statuses of surviving runs (`parley.api.runs`): resume, cancel, and an Idempotency-Key's reuse."""
+    if path == "/api/chat":
+        reasons[409] = ["An `Idempotency-Key` used before for a different request (`idempotency_key_reused`)."]
+    if not path.startswith("/api/runs/"):
+        return
+    reasons[404] = ["No run with that id, or another owner's (`run_not_found`)."]
+    reasons[409] = [
+        "The server running the reply stopped before it ended (`run_not_resumable`); `Location` names the "
+        "conversation holding what was saved. Nothing generates it again."
+    ]
+    if path.endswith("/events"):
+        reasons[410] = [
+            "The run ended longer ago than `run_log_seconds` (`run_expired`); `Location` names the conversation "
+            "holding its reply."
+        ]
 
 
 # --- successes ----------------------------------------------------------------------------------
@@ -172,6 +191,8 @@ def _describe_successes(paths: Schema) -> None:
     chat["text/event-stream"] = {
         "schema": {"oneOf": [_sse_event(name, {"$ref": _REF.format(ref)}) for name, ref in _CHAT_EVENTS.items()]}
     }
+    resumed = paths["/api/runs/{run_id}/events"]["get"]["responses"]["200"]["content"]
+    resumed["text/event-stream"] = chat["text/event-stream"]
     completions = paths[openai.CHAT_COMPLETIONS_PATH]["post"]["responses"]["200"]["content"]
     completions["application/json"] = {"schema": {"$ref": _REF.format("ChatCompletion")}}
     chunk_or_error = {"anyOf": [{"$ref": _REF.format("ChatCompletionChunk")}, {"$ref": _REF.format(ERROR_SCHEMA)}]}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from parley.api.input_limits import MaxTokens, Name, Temperature, loads_object
+from parley.api.input_limits import Integer, MaxTokens, Name, Temperature, loads_object
 from parley.errors import InvalidRequest
 
 
@@ -20,6 +20,7 @@ class MessageFrame(BaseModel):
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     collections: list[Name] = Field(default=[], max_length=16)  # knowledge collections the reply cites
+    on_disconnect: Literal["continue", "cancel"] | None = None
 
 
 class ControlFrame(BaseModel):
@@ -28,7 +29,17 @@ class ControlFrame(BaseModel):
     type: Literal["cancel", "ping"]
 
 
-def parse_frame(text: str | bytes, *, max_bytes: int, max_depth: int) -> MessageFrame | ControlFrame:
+class ResumeFrame(BaseModel):
+    """Attach to a run (this socket's conversation's or any other of the caller's) after event `after`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["resume"]
+    run_id: str = Field(min_length=1, max_length=100)
+    after: Annotated[Integer, Field(ge=0, le=2**53)] = 0
+
+
+def parse_frame(text: str | bytes, *, max_bytes: int, max_depth: int) -> MessageFrame | ControlFrame | ResumeFrame:
     """A client's frame, or an InvalidRequest for its error frame: too large (`frame_too_large`),
     nested too deep (`json_too_deep`), or not a frame (`invalid_frame`)."""
     if _size_over(text, max_bytes):
@@ -38,6 +49,8 @@ def parse_frame(text: str | bytes, *, max_bytes: int, max_depth: int) -> Message
     try:
         if data.get("type", "message") == "message":
             return MessageFrame.model_validate(data)
+        if data.get("type") == "resume":
+            return ResumeFrame.model_validate(data)
         return ControlFrame.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]

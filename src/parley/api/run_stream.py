@@ -1,0 +1,126 @@
+"""A run's logged events on the wire: the chat events encoded once for the log, and the SSE
+response that reads a log from a sequence number (the request that started the run, or a resume)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
+
+import anyio
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from parley.api.chat_events import ChatEvents, NamedEvent
+from parley.errors import ParleyError, as_parley_error
+from parley.events import EventBatch, ReasoningDelta, TextDelta
+from parley.logs import current_request_id
+from parley.runs import LoggedEvent, NamedBytes
+
+log = logging.getLogger("parley.stream")
+
+
+class LoggedChatEvents:
+    """A turn's chat events as (name, JSON) pairs for the run log (a `RunEncoder`).
+
+    Text and reasoning deltas are framed straight from their text, as `/api/chat` does."""
+
+    def __init__(self, events: ChatEvents) -> None:
+        self._events = events
+
+    @staticmethod
+    def _named(named: NamedEvent) -> NamedBytes:
+        name, payload = named
+        return name.encode(), payload.model_dump_json().encode()
+
+    def opening(self) -> list[NamedBytes]:
+        return [self._named(named) for named in self._events.opening()]
+
+    def encode(self, batch: EventBatch) -> list[NamedBytes]:
+        parts: list[NamedBytes] = []
+        for event in batch:
+            if type(event) is TextDelta:
+                parts.append((b"text_delta", b'{"text":' + orjson.dumps(event.text) + b"}"))
+            elif type(event) is ReasoningDelta:
+                parts.append((b"reasoning_delta", b'{"text":' + orjson.dumps(event.text) + b"}"))
+            else:
+                parts += map(self._named, self._events.encode(event))
+        return parts
+
+    def closing(self) -> list[NamedBytes]:
+        return [self._named(named) for named in self._events.closing()]
+
+    def error(self, error: ParleyError) -> list[NamedBytes]:
+        return [self._named(ChatEvents.error(error))]
+
+
+def sse_frame(event: LoggedEvent) -> bytes:
+    seq, name, data = event
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (seq, name, data)
+
+
+def sse_error(error: ParleyError) -> bytes:
+    """An error event without an `id:`, so a client's Last-Event-ID stays at the last logged event."""
+    name, payload = ChatEvents.error(error)
+    return b"event: %s\r\ndata: %s\r\n\r\n" % (name.encode(), payload.model_dump_json().encode())
+
+
+class LoggedSSEResponse(Response):
+    """`text/event-stream` of a run's log from a position, live until the run ends.
+
+    The client leaving only stops this reading: the run goes on (its driver is not ours). A run
+    that can't be followed to its end (its instance died) ends the stream with an error event."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[list[LoggedEvent]], ping_seconds: float) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(
+            {"Cache-Control": "no-cache, no-transform", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+        )
+        self._events = events
+        self._ping_seconds = ping_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        reading = anyio.CancelScope()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            reading.cancel()
+
+        watcher = loop.create_task(watch(), name="sse-disconnect")
+        tail = b""
+        last_sent = loop.time()
+        try:
+            with reading:
+                try:
+                    async for events in self._events:
+                        if events:
+                            data = b"".join(map(sse_frame, events))
+                        elif loop.time() - last_sent >= self._ping_seconds:
+                            data = f": ping - {datetime.now(UTC)}\r\n\r\n".encode()
+                        else:
+                            continue
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                        last_sent = loop.time()
+                except Exception as exc:
+                    if not isinstance(exc, ParleyError):
+                        log.exception("%s reading a run's events failed", current_request_id())
+                    tail = sse_error(as_parley_error(exc))
+        finally:
+            watcher.cancel()
+            if isinstance(self._events, AsyncGenerator):
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._events.aclose()
+        if not gone:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})

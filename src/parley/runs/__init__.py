@@ -1,0 +1,16 @@
+"""Runs that outlive their connection: event logs (memory, Redis Streams), resume, cancel, idempotency."""
+
+from parley.runs.hub import NamedBytes, RunEncoder, RunHub, open_run_hub
+from parley.runs.records import LoggedEvent, RunExpired, RunNotFound, RunNotResumable, RunRecord
+
+__all__ = [
+    "LoggedEvent",
+    "NamedBytes",
+    "RunEncoder",
+    "RunExpired",
+    "RunHub",
+    "RunNotFound",
+    "RunNotResumable",
+    "RunRecord",
+    "open_run_hub",
+]
