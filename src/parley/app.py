@@ -16,6 +16,7 @@ from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
 from parley.api import admin_keys, admin_mcp, chat, conversations, health, openai, ws
+from parley.api import knowledge as knowledge_api
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -27,6 +28,7 @@ from parley.chat.autosave import ReplyAutosave
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
+from parley.knowledge.service import KnowledgeService
 from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
 from parley.observability import Observability
@@ -67,6 +69,10 @@ def create_app(settings: Settings) -> FastAPI:
         chat = ChatService(
             registry, settings.agents, track=lifecycle.track, gates=gates, tools=tools, tool_settings=settings.tools
         )
+        # Knowledge opens its embedder and index in the background, then resumes unfinished documents.
+        knowledge = KnowledgeService(settings.knowledge, store.engine)
+        knowledge.start()
+        app.state.knowledge = knowledge
         app.state.tools = tools
         app.state.usage = usage
         app.state.access = access
@@ -87,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             await observability.aclose()
             await registry.aclose()
             await tools.aclose()
+            await knowledge.aclose()
             await autosave.aclose()
             if usage is not None:
                 await usage.aclose()
@@ -113,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_api.router)
     app.include_router(admin_keys.router)
     app.include_router(admin_mcp.router)
+    app.include_router(knowledge_api.router)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)

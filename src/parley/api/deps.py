@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from parley.access.principal import principal_of
 from parley.chat.turns import ConversationChat
+from parley.knowledge.service import KnowledgeService
 from parley.models.registry import ModelRegistry
 from parley.store import ConversationStore
 
@@ -33,7 +34,13 @@ async def _owner(request: HTTPConnection) -> str | None:
     return principal_of(request).owner
 
 
+async def _knowledge(request: HTTPConnection) -> KnowledgeService:
+    knowledge: KnowledgeService = request.app.state.knowledge
+    return knowledge
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 ConversationChatDep = Annotated[ConversationChat, Depends(_conversation_chat)]
 StoreDep = Annotated[ConversationStore, Depends(_store)]
 OwnerDep = Annotated[str | None, Depends(_owner)]
+KnowledgeDep = Annotated[KnowledgeService, Depends(_knowledge)]
