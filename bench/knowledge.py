@@ -95,7 +95,7 @@ async def fill(kb: KnowledgeService, collection_id: str, size: int) -> None:
         ]
         document, _ = await kb.catalog.add_document(
             {
-                "id": f"kd_bench_{start}",
+                "id": f"kd_bench_{collection_id[3:15]}_{start}",
                 "collection_id": collection_id,
                 "title": f"part {start}",
                 "uri": None,

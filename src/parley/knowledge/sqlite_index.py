@@ -1,8 +1,11 @@
 """The index on SQLite: sqlite-vec's vec0 tables for vectors, FTS5 for keywords.
 
-Python's own sqlite3 here may be built without extension loading, so the index opens the
-store's database file through sqlean.py (SQLite with extensions enabled) in worker threads:
-one connection writes, one reads. WAL mode lets them and the store's connections work together.
+Python's own sqlite3 may be built without extension loading, so the index goes through
+sqlean.py (SQLite with extensions enabled), in worker threads: one connection writes, one reads.
+It lives in a file of its own beside the store's (`parley.db` → `parley.knowledge.db`): two
+copies of the SQLite library in one process must never open the same file, since each drops
+the other's POSIX locks (sqlite.org/howtocorrupt.html, 2.2.1). Chunks stay in the store; the
+index holds only their ids, vectors and words, and search reads chunks of `ready` documents.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class _Connection:
         self.db.load_extension(sqlite_vec.loadable_path())
         self.db.enable_load_extension(False)
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
         self.lock = threading.Lock()
 
     def run(self, work: Callable[[Any], T]) -> T:
@@ -38,8 +43,13 @@ class _Connection:
             return work(self.db)
 
 
+def index_path(store_path: Path) -> Path:
+    return store_path.with_name(f"{store_path.stem}.knowledge{store_path.suffix or '.db'}")
+
+
 class SQLiteIndex:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, store_path: Path) -> None:
+        path = index_path(store_path)
         try:
             self._writer = _Connection(path)
             self._reader = _Connection(path)
