@@ -15,6 +15,72 @@ from parley.errors import ParleyError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_QUERY_TERMS = 64
+# Words too common to tell passages apart: matching them only makes the keyword list slower
+# (every chunk has them) and noisier. Questions are full of them ("how do I ...").
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "can",
+        "do",
+        "does",
+        "did",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
 
 
 class KnowledgeUnavailable(ParleyError):
@@ -57,9 +123,11 @@ class SearchIndex(Protocol):
 
 
 def query_terms(query: str) -> list[str]:
-    """The query's words, lower-cased, once each (OR-ed by the index: any may match)."""
+    """The query's words, lower-cased, once each, without stop words (OR-ed: any may match)."""
     seen: dict[str, None] = {}
     for word in _WORD.findall(query.lower()):
+        if word in STOP_WORDS:
+            continue
         if len(seen) >= MAX_QUERY_TERMS:
             break
         seen.setdefault(word, None)

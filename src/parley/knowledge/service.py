@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -208,17 +208,17 @@ class KnowledgeService:
         n = self.settings.candidates
         fused: list[tuple[CollectionRecord, list[tuple[int, float]]]] = []
         for record in collections:
-            nearest = (
-                [i for i, _ in await index.nearest(record.vector_table, vector, n)]
-                if vector and record in comparable
-                else []
+            search_vectors = vector is not None and record in comparable
+            nearest, keyword = await asyncio.gather(
+                index.nearest(record.vector_table, vector, n) if search_vectors and vector else _nothing(),
+                _nothing() if mode == "vector" else index.keyword(record.keyword_table, record.id, query, n),
             )
-            keyword = [] if mode == "vector" else await index.keyword(record.keyword_table, record.id, query, n)
             weights = (
                 record.vector_weight if mode != "keyword" else 0.0,
                 record.keyword_weight if mode != "vector" else 0.0,
             )
-            fused.append((record, fuse([(nearest, weights[0]), (keyword, weights[1])], self.settings.rrf_k)))
+            ranking = fuse([([i for i, _ in nearest], weights[0]), (keyword, weights[1])], self.settings.rrf_k)
+            fused.append((record, ranking))
         hits = await self.catalog.hits([chunk_id for _, ranking in fused for chunk_id, _ in ranking])
         found: list[tuple[float, int]] = []
         for record, ranking in fused:
@@ -243,6 +243,10 @@ class KnowledgeService:
             reranked = await self._reranker.rerank(query, passages)
             passages = [_renumbered(p, i) for i, p in enumerate(reranked, start=1)]
         return Retrieval(passages=passages, pending=await self.catalog.pending([c.id for c in collections]))
+
+
+async def _nothing() -> list[Any]:
+    return []
 
 
 def _renumbered(passage: SourcePassage, index: int) -> SourcePassage:

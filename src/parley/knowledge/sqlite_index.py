@@ -53,6 +53,7 @@ class SQLiteIndex:
         try:
             self._writer = _Connection(path)
             self._reader = _Connection(path)
+            self._keyword_reader = _Connection(path)  # (a search reads vectors and keywords at once)
         except ImportError as exc:
             raise KnowledgeUnavailable("knowledge needs the sqlean.py and sqlite-vec packages") from exc
 
@@ -152,10 +153,10 @@ class SQLiteIndex:
             ).fetchall()
             return [int(row[0]) for row in rows]
 
-        return await asyncio.to_thread(self._reader.run, work)
+        return await asyncio.to_thread(self._keyword_reader.run, work)
 
     async def aclose(self) -> None:
-        for connection in (self._writer, self._reader):
+        for connection in (self._writer, self._reader, self._keyword_reader):
             await asyncio.to_thread(connection.run, lambda db: db.close())
 
 
