@@ -23,12 +23,17 @@ from parley.knowledge.records import CollectionRecord, DocumentRecord
 router = APIRouter(prefix="/api/collections", tags=["Knowledge"], route_class=CheckedJSONRoute)
 
 Responses = dict[int | str, dict[str, Any]]
+_ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _ERROR_BODY}
+
+
 _UNAVAILABLE: Responses = {
-    503: {"description": "Knowledge is unavailable here (`knowledge_unavailable`): see the README's PostgreSQL setup."}
+    503: _error("Knowledge is unavailable here (`knowledge_unavailable`): see the README's PostgreSQL setup.")
 }
-_NOT_FOUND: Responses = {
-    404: {"description": "No such collection or document, or another owner's (`collection_not_found`)."}
-}
+_NOT_FOUND: Responses = {404: _error("No such collection or document, or another owner's (`collection_not_found`).")}
 CollectionId = Annotated[str, Path(max_length=200)]
 DocumentId = Annotated[str, Path(max_length=200)]
 Weight = Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]
@@ -193,12 +198,10 @@ async def delete_collection(collection_id: CollectionId, knowledge: KnowledgeDep
     openapi_extra=_DOCUMENT_BODY,
     responses={
         **_NOT_FOUND,
-        400: {
-            "description": "A file Parley cannot read (`unsupported_document`); a URL not allowed (`url_not_allowed`)."
-        },
-        413: {"description": "Larger than `knowledge.max_document_bytes` or `max_body_bytes`."},
-        502: {"description": "The URL could not be fetched."},
-        503: {"description": "The ingest queue is full (`ingest_queue_full`), or knowledge is unavailable."},
+        400: _error("A file Parley cannot read (`unsupported_document`); a URL not allowed (`url_not_allowed`)."),
+        413: _error("Larger than `knowledge.max_document_bytes` or `max_body_bytes`."),
+        502: _error("The URL could not be fetched."),
+        503: _error("The ingest queue is full (`ingest_queue_full`), or knowledge is unavailable."),
     },
 )
 async def add_document(
