@@ -21,8 +21,9 @@ from parley.knowledge.catalog import Catalog
 from parley.knowledge.chunking import Chunk, TokenCounter, approximate_tokens, chunk
 from parley.knowledge.config import KnowledgeSettings
 from parley.knowledge.index import SearchIndex, table_name
-from parley.knowledge.parsing import parse
+from parley.knowledge.parsing import Section, parse
 from parley.knowledge.records import CollectionNotFound, CollectionRecord, DocumentRecord
+from parley.store.inputs import clean_text
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 256  # chunks embedded and written per step (progress moves per step)
@@ -109,7 +110,9 @@ class Ingestion:
         await self._embed_into(collection, document, ids, [c.text for c in chunks])
 
     def _chunks(self, content: bytes, media_type: str) -> list[Chunk]:
-        sections = parse(content, media_type)
+        sections = [
+            Section(clean_text(s.text), s.heading and clean_text(s.heading), s.page) for s in parse(content, media_type)
+        ]
         return list(
             chunk(
                 sections,

@@ -26,6 +26,7 @@ from parley.knowledge.index import KnowledgeUnavailable, SearchIndex, table_name
 from parley.knowledge.ingestion import Ingestion, vector_table_for
 from parley.knowledge.parsing import check, media_type_of
 from parley.knowledge.records import CollectionRecord, DocumentRecord, IngestQueueFull
+from parley.store.inputs import clean_text
 from parley.store.urls import sqlite_path
 
 SearchMode = Literal["hybrid", "vector", "keyword"]
@@ -99,7 +100,7 @@ class KnowledgeService:
         collection_id = f"kc_{uuid.uuid4().hex}"
         record = CollectionRecord(
             id=collection_id,
-            name=name,
+            name=clean_text(name),
             owner=owner,
             embedder=embedder.name,
             dimension=embedder.dimension,
@@ -158,7 +159,7 @@ class KnowledgeService:
             {
                 "id": f"kd_{uuid.uuid4().hex}",
                 "collection_id": collection_id,
-                "title": title[:500],
+                "title": clean_text(title[:500]),
                 "uri": uri,
                 "media_type": media_type,
                 "content_hash": hashlib.sha256(content).hexdigest(),
@@ -201,6 +202,7 @@ class KnowledgeService:
         mode: SearchMode = "hybrid",
     ) -> Retrieval:
         embedder, index = await self.opened()
+        query = clean_text(query)
         collections = [await self.catalog.collection(cid, owner) for cid in dict.fromkeys(collection_ids)]
         # A collection still being re-embedded keeps vectors of another model: keywords only, until the swap.
         comparable = [c for c in collections if c.embedder == embedder.name and mode != "keyword"]
