@@ -70,6 +70,10 @@ class Catalog:
         async with self._engine.connect() as connection:
             return [_collection(row) for row in await connection.execute(query)]
 
+    async def any_collection(self) -> bool:
+        async with self._engine.connect() as connection:
+            return (await connection.execute(select(C.c.id).limit(1))).first() is not None
+
     async def all_collections(self) -> list[CollectionRecord]:
         return await self.collections(None)
 

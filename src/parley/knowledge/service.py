@@ -40,6 +40,7 @@ class KnowledgeService:
         self._reranker = reranker
         self._opened: asyncio.Future[tuple[Embedder, SearchIndex]] = asyncio.get_running_loop().create_future()
         self._starting: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()
         self.ingestion: Ingestion | None = None
 
     def start(self) -> None:
@@ -48,6 +49,10 @@ class KnowledgeService:
     async def _start(self) -> None:
         from parley.knowledge.embedders import open_embedder
 
+        # A server with no collections loads the embedder when knowledge is first used, not at
+        # every start; one with collections opens at once (to resume and re-embed).
+        if not await self.catalog.any_collection():
+            await self._wanted.wait()
         try:
             index = await _open_index(self._engine)
             embedder = await open_embedder(self.settings.embedder)
@@ -62,6 +67,7 @@ class KnowledgeService:
         await self.ingestion.start()
 
     async def opened(self) -> tuple[Embedder, SearchIndex]:
+        self._wanted.set()
         return await asyncio.shield(self._opened)
 
     async def wait_idle(self) -> None:
@@ -77,6 +83,7 @@ class KnowledgeService:
                 await self._starting
         if self.ingestion is not None:
             await self.ingestion.aclose()
+        # (`exception()` also marks a failure as seen: no "exception was never retrieved" at exit)
         if self._opened.done() and not self._opened.cancelled() and self._opened.exception() is None:
             embedder, index = self._opened.result()
             await embedder.aclose()
