@@ -8,10 +8,10 @@ once (202) with the document, `queued`; its `state` tells when it is searchable.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 from starlette.datastructures import UploadFile
 
 from parley.api.deps import KnowledgeDep, OwnerDep
@@ -36,15 +36,18 @@ _UNAVAILABLE: Responses = {
 _NOT_FOUND: Responses = {404: _error("No such collection or document, or another owner's (`collection_not_found`).")}
 CollectionId = Annotated[str, Path(max_length=200)]
 DocumentId = Annotated[str, Path(max_length=200)]
-Weight = Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]
+Weight = Annotated[StrictFloat, Field(ge=0, le=10, allow_inf_nan=False)]
+# The bounds first, then Integer's validator (5.0 is 5; true and "5" are refused): in this order
+# the schema says `minimum`/`maximum`, as the validation does.
+TopK = Annotated[int, Field(ge=1, le=50), *get_args(Integer)[1:]]
 
 
 class CollectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: StrictStr = Field(min_length=1, max_length=128)
-    top_k: Annotated[Integer, Field(ge=1, le=50)] | None = Field(default=None, description="Passages per search.")
-    score_threshold: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+    top_k: TopK | None = Field(default=None, description="Passages per search.")
+    score_threshold: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
         default=0.0, description="Fused scores below it are left out (1.0: first in every ranking)."
     )
     vector_weight: Weight = 1.0
@@ -89,32 +92,27 @@ class DocumentOut(BaseModel):
         return cls.model_validate({**{n: getattr(record, n) for n in DocumentRecord.__slots__}, "duplicate": duplicate})
 
 
-class DocumentByValue(BaseModel):
+class TextDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: StrictStr | None = Field(
-        default=None, min_length=1, description="The document itself (Markdown or plain text)."
-    )
-    url: StrictStr | None = Field(
-        default=None,
-        min_length=1,
-        max_length=2048,
-        description="Fetched by the server: hosts in `knowledge.url_allow_hosts` only.",
-    )
+    text: StrictStr = Field(min_length=1, description="The document itself (Markdown or plain text).")
     title: StrictStr | None = Field(default=None, min_length=1, max_length=500)
 
-    @model_validator(mode="after")
-    def _one_source(self) -> DocumentByValue:
-        if (self.text is None) == (self.url is None):
-            raise ValueError("send exactly one of `text` and `url`")
-        return self
+
+class URLDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: StrictStr = Field(
+        min_length=1, max_length=2048, description="Fetched by the server: hosts in `knowledge.url_allow_hosts` only."
+    )
+    title: StrictStr | None = Field(default=None, min_length=1, max_length=500)
 
 
 class SearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: StrictStr = Field(min_length=1, max_length=4000)
-    top_k: Annotated[Integer, Field(ge=1, le=50)] | None = None
+    top_k: TopK | None = None
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
 
 
@@ -155,7 +153,9 @@ _DOCUMENT_BODY: dict[str, Any] = {
                     "required": ["file"],
                 }
             },
-            "application/json": {"schema": DocumentByValue.model_json_schema()},
+            "application/json": {
+                "schema": {"oneOf": [TextDocument.model_json_schema(), URLDocument.model_json_schema()]}
+            },
         },
     }
 }
@@ -218,10 +218,9 @@ async def add_document(
         body = _by_value(await request.body(), request.app.state.settings.max_json_depth)
         title = body.title
         filename = declared = uri = None
-        if body.text is not None:
+        if isinstance(body, TextDocument):
             content, declared = body.text.encode(), "text/markdown"
         else:
-            assert body.url is not None
             settings = knowledge.settings
             fetched = await fetch(
                 body.url, settings.url_allow_hosts, max_bytes=limit, seconds=settings.url_timeout_seconds
@@ -263,10 +262,10 @@ async def _uploaded(request: Request, limit: int) -> tuple[bytes, str | None, st
     return content, title, upload.filename, upload.content_type, None
 
 
-def _by_value(raw: bytes, max_depth: int) -> DocumentByValue:
+def _by_value(raw: bytes, max_depth: int) -> TextDocument | URLDocument:
     data = loads_object(raw, max_depth=max_depth)
     try:
-        return DocumentByValue.model_validate(data)
+        return URLDocument.model_validate(data) if "url" in data else TextDocument.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or None
