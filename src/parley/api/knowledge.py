@@ -103,7 +103,10 @@ class URLDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: StrictStr = Field(
-        min_length=1, max_length=2048, description="Fetched by the server: hosts in `knowledge.url_allow_hosts` only."
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Fetched by the server: hosts in `knowledge.url_allow_hosts` only.",
     )
     title: StrictStr | None = Field(default=None, min_length=1, max_length=500)
 
