@@ -13,7 +13,7 @@ from httpx_sse import connect_sse
 from websockets.sync.client import connect
 
 from parley.events import PendingSource
-from tests.support.knowledge import Passage, WordOverlapKnowledge
+from tests.support.overlap_knowledge import Passage, WordOverlapKnowledge
 from tests.support.server import running_parley
 from tests.support.upstream import Upstream, new_marker, running_upstream
 

@@ -16,6 +16,7 @@ from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
 from parley.api import admin_keys, admin_mcp, agents, chat, conversations, embeddings, health, openai, runs, ws
+from parley.api import knowledge as knowledge_api
 from parley.api import usage as usage_api
 from parley.api.compat import chatkit, chatkit_tutor, streamforge, tether
 from parley.api.draining import RefuseWhileDraining
@@ -29,7 +30,8 @@ from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.config import Settings
 from parley.knowledge.base import KnowledgeBase
-from parley.knowledge.embedders import open_embedder
+from parley.knowledge.embedders import SharedEmbedder
+from parley.knowledge.service import KnowledgeService
 from parley.lifecycle import Lifecycle
 from parley.models.registry import ModelRegistry
 from parley.observability import Observability
@@ -74,6 +76,13 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
         chat = ChatService(
             registry, settings.agents, track=lifecycle.track, gates=gates, tools=tools, tool_settings=settings.tools
         )
+        # One embedder for the server, loaded on first use: `/v1/embeddings` and the knowledge base share it.
+        embedder = SharedEmbedder(settings.knowledge.embedder)
+        app.state.embedder = embedder
+        # Knowledge opens its index in the background, then resumes unfinished documents.
+        own_knowledge = KnowledgeService(settings.knowledge, store.engine, embedder)
+        own_knowledge.start()
+        app.state.knowledge = own_knowledge
         app.state.tools = tools
         app.state.usage = usage
         app.state.access = access
@@ -82,10 +91,7 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
         app.state.store = store
         app.state.chat = chat
         app.state.chat_page = ChatPage.from_package()
-        # One embedder for the server: `/v1/embeddings` and the knowledge base share it.
-        embedder = await open_embedder(settings.knowledge.embedder)
-        app.state.embedder = embedder
-        grounding = Grounding(knowledge, settings.knowledge)
+        grounding = Grounding(knowledge or own_knowledge, settings.knowledge)
         app.state.grounding = grounding
         app.state.conversation_chat = ConversationChat(chat, store, autosave, grounding)
         app.state.runs = await open_run_hub(
@@ -107,8 +113,9 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
                 await loading
             await observability.aclose()
             await registry.aclose()
-            await embedder.aclose()
             await tools.aclose()
+            await own_knowledge.aclose()
+            await embedder.aclose()
             await autosave.aclose()
             if usage is not None:
                 await usage.aclose()
@@ -139,6 +146,7 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
     app.include_router(admin_mcp.router)
     app.include_router(agents.router)
     app.include_router(web_routes.router)  # the chat page's assets (the page: `/`, in streamforge)
+    app.include_router(knowledge_api.router)
     # The source systems' routes (parley.api.compat), after Parley's own.
     app.include_router(streamforge.router)
     app.include_router(tether.router)

@@ -19,7 +19,7 @@ from httpx_sse import connect_sse
 from rich.console import Console
 from rich.table import Table
 
-from parley import cli_usage
+from parley import cli_ingest, cli_usage
 from parley.cli_keys import app as keys_app
 from parley.cli_mcp import app as mcp_app
 from parley.config import ConfigError, Settings, load_settings
@@ -30,6 +30,7 @@ console = Console()
 errors = Console(stderr=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(mcp_app, name="mcp")
+app.command(name="ingest")(cli_ingest.ingest)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOption = Annotated[str, typer.Option("--url", envvar="PARLEY_URL", help="A running Parley server.")]

@@ -1,88 +1,130 @@
-"""A small, real knowledge base for chat tests: in-memory collections ranked by word overlap.
+"""Knowledge test helpers: a KnowledgeService on a real database, PDFs made here, and PostgreSQL
+with pgvector from the `pgserver` wheel (a fixture starts it in a temporary directory).
 
-A test implementation of the `KnowledgeBase` protocol (not a mock): it owns collections, keeps
-them private to their owner, ranks passages by how many of the query's words they share, and
-reports documents still being indexed, so chat's citing path can be tested before (and apart
-from) the real, hybrid-search knowledge base.
+Use the fixtures from a test module with `pytest_plugins = ["tests.support.knowledge"]`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import contextlib
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
-from parley.errors import NotFound
-from parley.events import PendingSource, SourcePassage
-from parley.knowledge.base import Retrieval
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
-_WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> set[str]:
-    return {word.casefold() for word in _WORD.findall(text) if len(word) > 2}
-
-
-@dataclass
-class Passage:
-    document_id: str
-    title: str
-    text: str
-    page: int | None = None
-    uri: str | None = None
+from parley.knowledge.config import KnowledgeSettings
+from parley.knowledge.service import KnowledgeService, standalone_knowledge
+from parley.store import async_url, create_engine, migrate
 
 
-@dataclass
-class Collection:
-    owner: str | None
-    passages: list[Passage] = field(default_factory=list)
-    pending: list[PendingSource] = field(default_factory=list)
+@contextlib.asynccontextmanager
+async def knowledge_on(url: str, **settings: Any) -> AsyncIterator[KnowledgeService]:
+    """A started KnowledgeService over the (migrated) database at `url`, closed afterwards."""
+    await migrate(url)
+    engine = create_engine(url)
+    try:
+        async with standalone_knowledge(KnowledgeSettings.model_validate(settings), engine) as service:
+            await service.opened()
+            yield service
+    finally:
+        await engine.dispose()
 
 
-class WordOverlapKnowledge:
-    def __init__(self, top_k: int = 5) -> None:
-        self.collections: dict[str, Collection] = {}
-        self.queries: list[str] = []  # every query retrieved with, in order
-        self._top_k = top_k
+def pdf_bytes(pages: list[list[str]]) -> bytes:
+    """A real PDF (Helvetica text, one list of lines per page), written out object by object."""
+    objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    font = 3
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    kids: list[int] = []
+    for lines in pages:
+        escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]
+        body = "BT /F1 11 Tf 14 TL 72 760 Td " + " ".join(f"({line}) Tj T*" for line in escaped) + " ET"
+        stream = body.encode("latin-1")
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        content = len(objects)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+            b"/Contents %d 0 R >>" % (font, content)
+        )
+        kids.append(len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
+        b" ".join(b"%d 0 R" % kid for kid in kids),
+        len(kids),
+    )
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body_bytes in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body_bytes + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
 
-    def add(self, collection_id: str, passages: Sequence[Passage], owner: str | None = None) -> Collection:
-        collection = self.collections.setdefault(collection_id, Collection(owner))
-        collection.passages.extend(passages)
-        return collection
 
-    async def check_collections(self, collection_ids: Sequence[str], owner: str | None) -> None:
-        for collection_id in collection_ids:
-            collection = self.collections.get(collection_id)
-            if collection is None or (owner is not None and collection.owner != owner):
-                raise NotFound(f"collection {collection_id!r} not found", code="collection_not_found")
+@pytest.fixture(scope="session")
+def pgvector_server() -> Iterator[str]:
+    """A PostgreSQL server with the pgvector extension (from `pgserver`), for this run."""
+    try:
+        from pgserver.postgres_server import get_server
+    except ImportError:
+        pytest.skip("pgserver (PostgreSQL with pgvector, for tests) is not installed")
+    data = Path(tempfile.mkdtemp(prefix="kcore-pgserver-")) / "pgdata"
+    server = get_server(data, cleanup_mode="delete")
+    try:
+        url = str(server.get_uri())
+        problem = _vector_problem(server)
+        if problem is not None:
+            pytest.skip(problem)
+        yield url
+    finally:
+        server.cleanup()
 
-    async def retrieve(
-        self, query: str, collection_ids: Sequence[str], owner: str | None, *, top_k: int | None = None
-    ) -> Retrieval:
-        await self.check_collections(collection_ids, owner)
-        self.queries.append(query)
-        asked = words(query)
-        scored: list[tuple[float, str, int, Passage]] = []
-        pending: list[PendingSource] = []
-        for collection_id in collection_ids:
-            collection = self.collections[collection_id]
-            pending += collection.pending
-            for number, passage in enumerate(collection.passages):
-                overlap = len(asked & words(passage.text))
-                if overlap:
-                    scored.append((overlap / (len(asked) or 1), collection_id, number, passage))
-        scored.sort(key=lambda item: -item[0])
-        found = [
-            SourcePassage(
-                index=index,
-                document_id=passage.document_id,
-                title=passage.title,
-                uri=passage.uri,
-                page=passage.page,
-                chunk_id=f"{collection_id}:{number}",
-                text=passage.text,
-                score=round(score, 4),
-            )
-            for index, (score, collection_id, number, passage) in enumerate(scored[: top_k or self._top_k], 1)
-        ]
-        return Retrieval(found, pending)
+
+def _vector_problem(server: Any) -> str | None:
+    """Why pgvector can't compute distances on this server, if it can't.
+
+    The wheel's vector.so may be compiled for its build machine's CPU (pgvector builds with
+    -march=native by default): where that CPU's instructions trap, the backend dies with SIGILL
+    at the first distance. Better a skip saying so (a failure under PARLEY_REQUIRE_SERVICES)
+    than a crash in the middle of a test.
+    """
+    try:
+        vector = "[" + ",".join(["0.5"] * 256) + "]"  # (short vectors take a path that may not trap)
+        server.psql(
+            "CREATE EXTENSION IF NOT EXISTS vector; CREATE TEMP TABLE probe (id int, e vector(256)); "
+            f"INSERT INTO probe SELECT g, '{vector}' FROM generate_series(1, 20) g; "
+            f"SELECT id FROM probe ORDER BY e <#> '{vector}' LIMIT 3;"
+        )
+    except subprocess.CalledProcessError as exc:
+        return f"pgvector from pgserver can't compute a distance on this CPU (the backend died: SIGILL?): {exc}"
+    return None
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    engine = create_async_engine(async_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A new database `kcore_*` on the server, dropped afterwards."""
+    name = f"kcore_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

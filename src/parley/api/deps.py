@@ -11,6 +11,7 @@ from parley.access.principal import principal_of
 from parley.chat.service import ChatService
 from parley.chat.turns import ConversationChat
 from parley.knowledge.base import Embedder
+from parley.knowledge.service import KnowledgeService
 from parley.models.registry import ModelRegistry
 from parley.runs import RunHub
 from parley.store import ConversationStore
@@ -43,8 +44,13 @@ async def _owner(request: HTTPConnection) -> str | None:
 
 
 async def _embedder(request: HTTPConnection) -> Embedder:
-    embedder: Embedder = request.app.state.embedder
+    embedder: Embedder = await request.app.state.embedder.get()
     return embedder
+
+
+async def _knowledge(request: HTTPConnection) -> KnowledgeService:
+    knowledge: KnowledgeService = request.app.state.knowledge
+    return knowledge
 
 
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
@@ -71,3 +77,6 @@ ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
 
 
 RunHubDep = Annotated[RunHub, Depends(_run_hub)]
+
+
+KnowledgeDep = Annotated[KnowledgeService, Depends(_knowledge)]

@@ -35,3 +35,9 @@ class KnowledgeSettings(BaseModel):
     ingest_workers: int = Field(default=1, ge=1, le=8)
     ingest_queue: int = Field(default=1000, ge=1)  # documents waiting; beyond it, uploads get 503
     context_share: float = Field(default=0.5, gt=0, le=0.9)  # of the prompt budget passages may fill
+    # Retrieval: each list's shortlist, fused by reciprocal-rank fusion (score = Σ weight/(rrf_k+rank)).
+    candidates: int = Field(default=50, ge=5, le=1000)
+    rrf_k: int = Field(default=60, ge=1, le=1000)
+    # Documents by URL: off unless the host is listed here (user input: no reaching internal hosts).
+    url_allow_hosts: list[str] = Field(default_factory=list)
+    url_timeout_seconds: float = Field(default=20.0, gt=0, le=300)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -171,3 +172,69 @@ class ApiKeyRow(Base):
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+
+
+# --- knowledge (revision 0009) -------------------------------------------------------------------
+# The vector and keyword indexes are not here: their tables depend on the embedder's dimension
+# and on the backend (sqlite-vec + FTS5, pgvector + tsvector), so knowledge creates them at run time.
+DOCUMENT_STATES = ("queued", "indexing", "ready", "failed")
+
+
+class KnowledgeCollectionRow(Base):
+    __tablename__ = "knowledge_collections"
+    __table_args__ = (Index("ix_knowledge_collections_owner", "owner"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(Text)  # as conversations.owner
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    embedder: Mapped[str] = mapped_column(Text)  # the embedder's name its vectors come from
+    dimension: Mapped[int] = mapped_column(Integer)
+    vector_table: Mapped[str] = mapped_column(String(64))  # swapped when re-embedded
+    keyword_table: Mapped[str] = mapped_column(String(64))
+    top_k: Mapped[int] = mapped_column(Integer)
+    score_threshold: Mapped[float] = mapped_column(Double)
+    vector_weight: Mapped[float] = mapped_column(Double)
+    keyword_weight: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[datetime]
+
+
+class KnowledgeDocumentRow(Base):
+    __tablename__ = "knowledge_documents"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "content_hash"),  # the same content is indexed once
+        CheckConstraint(_one_of("state", DOCUMENT_STATES), name="state"),
+        Index("ix_knowledge_documents_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    collection_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("knowledge_collections.id", ondelete="CASCADE")
+    )
+    title: Mapped[str] = mapped_column(Text)
+    uri: Mapped[str | None] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    content_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the content, hex
+    size: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)  # kept until indexed: a restart resumes
+    state: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float | None] = mapped_column(Double)
+    error: Mapped[str | None] = mapped_column(Text)
+    chunk_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class KnowledgeChunkRow(Base):
+    __tablename__ = "knowledge_chunks"
+    __table_args__ = (Index("ix_knowledge_chunks_document_id", "document_id"),)
+
+    # An integer key: the rowid of the chunk's entries in the vector and keyword indexes.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("knowledge_documents.id", ondelete="CASCADE")
+    )
+    collection_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    position: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer)
+    heading: Mapped[str | None] = mapped_column(Text)

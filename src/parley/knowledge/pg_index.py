@@ -1,0 +1,129 @@
+"""The index on PostgreSQL: pgvector for vectors, full-text search (`tsvector`, GIN) for keywords.
+
+Each collection's vectors are a table of their own (`vector(dimension)`, an HNSW index for inner
+product); keywords are an expression GIN index over `knowledge_chunks.text`, kept by PostgreSQL
+as rows come and go. Both need `CREATE EXTENSION vector` on the database (done here when the
+role may; otherwise knowledge answers 503 saying so, and the rest of Parley works).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from parley.knowledge.index import KnowledgeUnavailable, query_terms
+
+NEEDS_PGVECTOR = (
+    "knowledge on PostgreSQL needs the pgvector extension: install it on the server and run "
+    "`CREATE EXTENSION vector;` in Parley's database"
+)
+_TS_CONFIG = "english"
+
+
+def _literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{float(value):.7g}" for value in vector) + "]"
+
+
+class PostgresIndex:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine) -> PostgresIndex:
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+                await connection.execute(
+                    text(
+                        "CREATE INDEX IF NOT EXISTS ix_knowledge_chunks_fts ON knowledge_chunks "
+                        f"USING GIN (to_tsvector('{_TS_CONFIG}', text))"
+                    )
+                )
+        except DBAPIError as exc:
+            raise KnowledgeUnavailable(NEEDS_PGVECTOR, detail=repr(exc)) from exc
+        return cls(engine)
+
+    async def create(self, vector_table: str, keyword_table: str, dimension: int) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                text(
+                    f"CREATE TABLE IF NOT EXISTS {vector_table} "
+                    f"(id BIGINT PRIMARY KEY, embedding vector({dimension}) NOT NULL)"
+                )
+            )
+            await connection.execute(
+                text(
+                    f"CREATE INDEX IF NOT EXISTS {vector_table}_hnsw ON {vector_table} "
+                    "USING hnsw (embedding vector_ip_ops)"
+                )
+            )
+
+    async def add(
+        self,
+        vector_table: str,
+        keyword_table: str,
+        chunk_ids: Sequence[int],
+        texts: Sequence[str],
+        vectors: Sequence[Sequence[float]],
+    ) -> None:
+        await self.add_vectors(vector_table, chunk_ids, vectors)  # (keywords: the GIN index follows the chunks)
+
+    async def add_vectors(
+        self, vector_table: str, chunk_ids: Sequence[int], vectors: Sequence[Sequence[float]]
+    ) -> None:
+        if not chunk_ids:
+            return
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                text(
+                    f"INSERT INTO {vector_table} (id, embedding) VALUES (:id, CAST(:embedding AS vector)) "
+                    "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding"
+                ),
+                [{"id": i, "embedding": _literal(v)} for i, v in zip(chunk_ids, vectors, strict=True)],
+            )
+
+    async def remove(self, vector_table: str, keyword_table: str, chunk_ids: Sequence[int]) -> None:
+        if not chunk_ids:
+            return
+        async with self._engine.begin() as connection:
+            await connection.execute(text(f"DELETE FROM {vector_table} WHERE id = ANY(:ids)"), {"ids": list(chunk_ids)})
+
+    async def drop(self, vector_table: str, keyword_table: str | None) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {vector_table}"))
+
+    async def nearest(self, vector_table: str, vector: Sequence[float], n: int) -> list[tuple[int, float]]:
+        async with self._engine.connect() as connection:
+            await connection.execute(text(f"SET LOCAL hnsw.ef_search = {max(40, n)}"))
+            rows = await connection.execute(
+                text(
+                    f"SELECT id, -(embedding <#> CAST(:q AS vector)) AS similarity FROM {vector_table} "
+                    "ORDER BY embedding <#> CAST(:q AS vector) LIMIT :n"
+                ),
+                {"q": _literal(vector), "n": n},
+            )
+            return [(int(row[0]), float(row[1])) for row in rows]
+
+    async def keyword(self, keyword_table: str, collection_id: str, query: str, n: int) -> list[int]:
+        terms = query_terms(query)
+        if not terms:
+            return []
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    # Any word may match (OR), as FTS5 does: plainto_tsquery's stems, joined by | not &.
+                    "WITH q AS (SELECT CAST(replace(CAST(plainto_tsquery("
+                    f"'{_TS_CONFIG}', :words) AS text), '&', '|') AS tsquery) AS query) "
+                    "SELECT c.id FROM knowledge_chunks c, q "
+                    f"WHERE c.collection_id = :collection AND to_tsvector('{_TS_CONFIG}', c.text) @@ q.query "
+                    f"ORDER BY ts_rank(to_tsvector('{_TS_CONFIG}', c.text), q.query) DESC LIMIT :n"
+                ),
+                {"words": " ".join(terms), "collection": collection_id, "n": n},
+            )
+            return [int(row[0]) for row in rows]
+
+    async def aclose(self) -> None:
+        return None
