@@ -91,6 +91,7 @@ def test_openai_compatible_upstream_embedder(upstream: EmbeddingsUpstream) -> No
     embedder = {"provider": "openai", "base_url": upstream.base_url, "model": "embed-small", "batch_size": 2}
     with running_parley(models=MODELS, knowledge={"embedder": embedder}) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        client.embeddings.create(model="whatever", input="first use")  # (loads the embedder: it asks its size)
         upstream.requests.clear()
         texts = [f"text number {n}" for n in range(5)]
         reply = client.embeddings.create(model="whatever", input=texts, encoding_format="float")

@@ -18,7 +18,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 from parley.api.deps import EmbedderDep
 from parley.api.input_limits import CheckedJSONRoute, _a_json_integer
 from parley.errors import InvalidRequest
-from parley.knowledge.base import Embedder
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"], route_class=CheckedJSONRoute)
 
@@ -133,14 +132,14 @@ def _count_tokens(embedder: object, texts: list[str]) -> int:
     return sum(max(1, math.ceil(len(text) / 4)) for text in texts)
 
 
-def document_knowledge_rules(schemas: dict[str, Any], embedder: Embedder | None, has_knowledge: bool) -> None:
-    """What this server accepts, once started: `dimensions` up to its embedder's; `collections` only
-    when it has a knowledge base."""
-    if embedder is not None and "EmbeddingsBody" in schemas:
+def document_knowledge_rules(schemas: dict[str, Any], dimension: int | None, has_knowledge: bool) -> None:
+    """What this server accepts, once started: `dimensions` up to its embedder's (when known before
+    it loads); `collections` only when it has a knowledge base."""
+    if dimension is not None and "EmbeddingsBody" in schemas:
         dimensions = schemas["EmbeddingsBody"]["properties"]["dimensions"]
         for option in dimensions.get("anyOf", [dimensions]):
             if option.get("type") == "integer":
-                option["maximum"] = embedder.dimension
+                option["maximum"] = dimension
     if not has_knowledge:
         for body, field in (("ChatBody", "collections"), ("ChatCompletionBody", "parley_collections")):
             if body in schemas:

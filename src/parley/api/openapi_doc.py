@@ -445,7 +445,8 @@ def _add_server_rules(schemas: Schema, app: FastAPI) -> None:
     completions["properties"]["model"] = {**completions["properties"]["model"], **models}
     grounding = getattr(app.state, "grounding", None)
     knowledge = grounding is not None and grounding.knowledge is not None
-    document_knowledge_rules(schemas, getattr(app.state, "embedder", None), knowledge)
+    embedder = getattr(app.state, "embedder", None)
+    document_knowledge_rules(schemas, embedder.dimension_hint if embedder is not None else None, knowledge)
     without_tools = [entry.config.name for entry in entries if not entry.model.supports_tools]
     if without_tools:
         completions["allOf"] = [

@@ -10,6 +10,8 @@ from typing import Protocol
 from parley.knowledge.base import Embedder
 from parley.knowledge.config import EmbedderConfig
 
+DEFAULT_WORDLLAMA_DIMENSION = 256
+
 
 class _ProviderModule(Protocol):
     async def open_embedder(self, config: EmbedderConfig) -> Embedder: ...
@@ -31,6 +33,15 @@ class SharedEmbedder:
     def __init__(self, config: EmbedderConfig) -> None:
         self._config = config
         self._loading: asyncio.Task[Embedder] | None = None
+
+    @property
+    def dimension_hint(self) -> int | None:
+        """The vectors' size, if known without loading (once loaded, or set in the config)."""
+        if self._loading is not None and self._loading.done() and self._loading.exception() is None:
+            return self._loading.result().dimension
+        if self._config.dimension is not None:
+            return self._config.dimension
+        return DEFAULT_WORDLLAMA_DIMENSION if self._config.provider == "wordllama" else None
 
     async def get(self) -> Embedder:
         if self._loading is None or (self._loading.done() and self._loading.exception() is not None):

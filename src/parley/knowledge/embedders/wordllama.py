@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from parley.knowledge.config import EmbedderConfig
+from parley.knowledge.embedders import DEFAULT_WORDLLAMA_DIMENSION
 
 _CONFIG = "l2_supercat"
 _DIMENSIONS = (64, 128, 256, 512, 1024)  # Matryoshka-trained: any prefix of these sizes is a model
@@ -22,7 +23,7 @@ class WordLlamaEmbedder:
     def __init__(self, config: EmbedderConfig) -> None:
         import wordllama  # (imported here: it loads numpy and tokenizers)
 
-        dimension = config.dimension or 256
+        dimension = config.dimension or DEFAULT_WORDLLAMA_DIMENSION
         if dimension not in _DIMENSIONS:
             raise ValueError(f"wordllama embedder: dimension must be one of {', '.join(map(str, _DIMENSIONS))}")
         package = Path(wordllama.__file__).parent
