@@ -108,7 +108,7 @@ def main() -> int:
     except (redis.RedisError, OSError) as exc:
         print(f"Redis not reachable at {REDIS_URL}: {exc}; nothing measured")
         return 0
-    prefix = f"helper-resume-bench-{uuid.uuid4().hex[:8]}"
+    prefix = f"parley-bench-resume-{uuid.uuid4().hex[:8]}"
     shared = f'redis_url = "{REDIS_URL}"\nredis_prefix = "{prefix}"\n'
     folder = Path(tempfile.mkdtemp(prefix="parley-bench-resume-"))
     try:

@@ -144,7 +144,7 @@ def test_json_reply_carries_sources(url: str) -> None:
 
 
 def test_websocket_sources_frame_comes_first(url: str) -> None:
-    with connect(url.replace("http", "ws") + "/ws/chat/kchat-ws-1") as ws:
+    with connect(url.replace("http", "ws") + "/ws/chat/citing-ws-1") as ws:
         ws.send(json.dumps({"type": "message", "message": "Etna volcano", "collections": ["geo"]}))
         frames: list[dict[str, Any]] = []
         while not frames or frames[-1]["event"] not in ("message_complete", "error"):

@@ -61,7 +61,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     except redis.ConnectionError as exc:
         pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
     folder = tmp_path_factory.mktemp("nginx-deploy")
-    prefix = f"helper-deploy-{uuid.uuid4().hex[:12]}"
+    prefix = f"parley-test-deploy-{uuid.uuid4().hex[:12]}"
     config = folder / "parley.toml"
     config.write_text(
         f'database_url = "{postgres_url}"\ndata_dir = "{folder}"\nlog_level = "info"\n'

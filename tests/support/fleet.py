@@ -1,6 +1,6 @@
 """Several `parley serve` processes sharing one PostgreSQL database and one Redis, for the tests of
 what any instance can do with another's runs. Databases are named `resume_*`, Redis keys start with
-`helper-resume-*` in database 5 (tests of other parts use their own)."""
+`parley-test-resume-*` in database 5 (tests of other parts use their own)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from tests.support.databases import POSTGRES_URL, _admin_engine
+from tests.support.databases import POSTGRES_URL, create_postgres_database, drop_postgres_database
 from tests.support.process import ServerProcess, parley_process
 
 REDIS_URL = "redis://127.0.0.1:6379/5"
@@ -33,26 +31,6 @@ class Fleet:
         return [server.url for server in self.servers]
 
 
-async def _create_database() -> str:
-    name = f"resume_{uuid.uuid4().hex[:16]}"
-    engine = _admin_engine(POSTGRES_URL)
-    try:
-        async with engine.connect() as admin:
-            await admin.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await engine.dispose()
-    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-
-
-async def _drop_database(url: str) -> None:
-    engine = _admin_engine(make_url(url).set(database="postgres").render_as_string(hide_password=False))
-    try:
-        async with engine.connect() as admin:
-            await admin.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
-
-
 @contextlib.contextmanager
 def shared_services(folder: Path, models_toml: str, extra_toml: str = "") -> Iterator[tuple[Path, str]]:
     """A config file for instances sharing a new PostgreSQL database and a Redis prefix; both removed after.
@@ -63,10 +41,10 @@ def shared_services(folder: Path, models_toml: str, extra_toml: str = "") -> Ite
     except (redis.RedisError, OSError) as exc:
         pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
     try:
-        database_url = asyncio.run(_create_database())
+        database_url = asyncio.run(create_postgres_database(prefix="resume"))
     except Exception as exc:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
-    prefix = f"helper-resume-{uuid.uuid4().hex[:12]}"
+    prefix = f"parley-test-resume-{uuid.uuid4().hex[:12]}"
     config = folder / "parley.toml"
     config.write_text(
         f'database_url = "{database_url}"\ndata_dir = "{folder}"\n'
@@ -79,7 +57,7 @@ def shared_services(folder: Path, models_toml: str, extra_toml: str = "") -> Ite
         if keys:
             client.delete(*keys)
         client.close()
-        asyncio.run(_drop_database(database_url))
+        asyncio.run(drop_postgres_database(database_url))
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def pgvector_server() -> Iterator[str]:
         from pgserver.postgres_server import get_server
     except ImportError:
         pytest.skip("pgserver (PostgreSQL with pgvector, for tests) is not installed")
-    data = Path(tempfile.mkdtemp(prefix="kcore-pgserver-")) / "pgdata"
+    data = Path(tempfile.mkdtemp(prefix="parley-pgvector-")) / "pgdata"
     server = get_server(data, cleanup_mode="delete")
     try:
         url = str(server.get_uri())
@@ -121,8 +121,8 @@ async def _admin(server_url: str, statement: str) -> None:
 
 @contextlib.asynccontextmanager
 async def fresh_database(server_url: str) -> AsyncIterator[str]:
-    """A new database `kcore_*` on the server, dropped afterwards."""
-    name = f"kcore_{uuid.uuid4().hex[:12]}"
+    """A new database `knowledge_*` on the server, dropped afterwards."""
+    name = f"knowledge_{uuid.uuid4().hex[:12]}"
     await _admin(server_url, f'CREATE DATABASE "{name}"')
     try:
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
