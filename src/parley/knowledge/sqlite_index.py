@@ -1,7 +1,8 @@
 """The index on SQLite: sqlite-vec's vec0 tables for vectors, FTS5 for keywords.
 
 Python's own sqlite3 may be built without extension loading, so the index goes through
-sqlean.py (SQLite with extensions enabled), in worker threads: one connection writes, one reads.
+sqlean.py (SQLite with extensions enabled), in worker threads: one connection writes (and reads
+vectors into memory, where they are searched: vector_cache.py), one reads keywords.
 It lives in a file of its own beside the store's (`parley.db` → `parley.knowledge.db`): two
 copies of the SQLite library in one process must never open the same file, since each drops
 the other's POSIX locks (sqlite.org/howtocorrupt.html, 2.2.1). Chunks stay in the store; the
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from parley.knowledge.index import KnowledgeUnavailable, query_terms
+from parley.knowledge.vector_cache import VectorCache, VectorMatrix, nearest
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
@@ -52,10 +54,10 @@ class SQLiteIndex:
         path = index_path(store_path)
         try:
             self._writer = _Connection(path)
-            self._reader = _Connection(path)
-            self._keyword_reader = _Connection(path)  # (a search reads vectors and keywords at once)
+            self._keyword_reader = _Connection(path)  # (keywords are read while vectors are searched)
         except ImportError as exc:
             raise KnowledgeUnavailable("knowledge needs the sqlean.py and sqlite-vec packages") from exc
+        self._cache = VectorCache()  # vectors are searched in memory (vector_cache.py says why)
 
     async def _write(self, work: Callable[[Any], T]) -> T:
         def transaction(db: Any) -> T:
@@ -91,25 +93,27 @@ class SQLiteIndex:
         texts: Sequence[str],
         vectors: Sequence[Sequence[float]],
     ) -> None:
-        blobs = _blobs(vectors)
+        matrix = np.asarray(vectors, dtype=np.float32)
 
         def work(db: Any) -> None:
-            _put_vectors(db, vector_table, chunk_ids, blobs)
+            _put_vectors(db, vector_table, chunk_ids, _blobs(matrix))
             db.executemany(
                 f"INSERT INTO {keyword_table}(rowid, text) VALUES (?, ?)", zip(chunk_ids, texts, strict=True)
             )
 
         await self._write(work)
+        self._cache.put(vector_table, chunk_ids, matrix)
 
     async def add_vectors(
         self, vector_table: str, chunk_ids: Sequence[int], vectors: Sequence[Sequence[float]]
     ) -> None:
-        blobs = _blobs(vectors)
+        matrix = np.asarray(vectors, dtype=np.float32)
 
         def work(db: Any) -> None:
-            _put_vectors(db, vector_table, chunk_ids, blobs)
+            _put_vectors(db, vector_table, chunk_ids, _blobs(matrix))
 
         await self._write(work)
+        self._cache.put(vector_table, chunk_ids, matrix)
 
     async def remove(self, vector_table: str, keyword_table: str, chunk_ids: Sequence[int]) -> None:
         rows = [(chunk_id,) for chunk_id in chunk_ids]
@@ -120,6 +124,7 @@ class SQLiteIndex:
 
         if rows:
             await self._write(work)
+            self._cache.remove(vector_table, chunk_ids)
 
     async def drop(self, vector_table: str, keyword_table: str | None) -> None:
         def work(db: Any) -> None:
@@ -128,18 +133,27 @@ class SQLiteIndex:
                 db.execute(f"DROP TABLE IF EXISTS {keyword_table}")
 
         await self._write(work)
+        self._cache.drop(vector_table)
 
     async def nearest(self, vector_table: str, vector: Sequence[float], n: int) -> list[tuple[int, float]]:
-        blob = np.asarray(vector, dtype=np.float32).tobytes()
+        def work() -> list[tuple[int, float]]:
+            return nearest(self._writer.run(lambda db: self._matrix(db, vector_table)), vector, n)
 
-        def work(db: Any) -> list[tuple[int, float]]:
-            rows = db.execute(
-                f"SELECT rowid, distance FROM {vector_table} WHERE embedding MATCH ? AND k = ? ORDER BY distance",
-                (blob, n),
-            ).fetchall()
-            return [(int(rowid), 1.0 - float(distance)) for rowid, distance in rows]
+        return await asyncio.to_thread(work)
 
-        return await asyncio.to_thread(self._reader.run, work)
+    def _matrix(self, db: Any, vector_table: str) -> VectorMatrix:
+        """The table's vectors in memory, read from the index on first use or after another process
+        wrote to it. Runs on the writer's connection, under its lock, so no write of ours is missed."""
+        version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._cache.version:
+            self._cache.clear()
+            self._cache.version = version
+        matrix = self._cache.get(vector_table)
+        if matrix is None:
+            rows = db.execute(f"SELECT rowid, embedding FROM {vector_table}").fetchall()
+            dimension = len(rows[0][1]) // 4 if rows else 0
+            matrix = self._cache.load(vector_table, [row[0] for row in rows], [row[1] for row in rows], dimension)
+        return matrix
 
     async def keyword(self, keyword_table: str, collection_id: str, query: str, n: int) -> list[int]:
         terms = query_terms(query)
@@ -156,7 +170,7 @@ class SQLiteIndex:
         return await asyncio.to_thread(self._keyword_reader.run, work)
 
     async def aclose(self) -> None:
-        for connection in (self._writer, self._reader, self._keyword_reader):
+        for connection in (self._writer, self._keyword_reader):
             await asyncio.to_thread(connection.run, lambda db: db.close())
 
 
@@ -166,6 +180,5 @@ def _put_vectors(db: Any, vector_table: str, chunk_ids: Sequence[int], blobs: Se
     db.executemany(f"INSERT INTO {vector_table}(rowid, embedding) VALUES (?, ?)", zip(chunk_ids, blobs, strict=True))
 
 
-def _blobs(vectors: Sequence[Sequence[float]]) -> list[bytes]:
-    matrix = np.asarray(vectors, dtype=np.float32)
+def _blobs(matrix: Any) -> list[bytes]:
     return [row.tobytes() for row in matrix]
