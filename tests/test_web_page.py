@@ -11,6 +11,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.support.agent_plans import BILLING_PROMPT, TRIAGE_PROMPT
 from tests.support.browser import chromium, page_for
+from tests.support.overlap_knowledge import Passage, WordOverlapKnowledge
 from tests.support.server import running_parley
 from tests.support.upstream import Upstream, new_marker
 
@@ -26,8 +27,11 @@ def parley(upstream: Upstream) -> Iterator[str]:
         {"name": "calc", "model": "agent-calc", "tools": ["calculator"], "description": "Does sums"},
         {"name": "triage", "model": "agent-handoff", "system_prompt": TRIAGE_PROMPT, "handoffs": ["billing"]},
         {"name": "billing", "model": "agent-handoff", "system_prompt": BILLING_PROMPT},
+        {"name": "librarian", "model": "echo-raw", "collections": ["atlas"], "description": "Cites the atlas"},
     ]
-    with running_parley(models=models, agents=agents) as url:
+    atlas = WordOverlapKnowledge()
+    atlas.add("atlas", [Passage("doc-etna", "Volcanoes", "Mount Etna is the most active volcano in Europe.", page=3)])
+    with running_parley(models=models, agents=agents, knowledge_base=atlas) as url:
         yield url
 
 
@@ -214,6 +218,23 @@ def test_failures_before_and_during_a_reply_are_said(page: Page) -> None:
     expect(page.locator("#notice")).not_to_be_empty()
     assert page.input_value("#input") == "this message is kept"  # to send again
     expect(page.locator(".message.assistant")).to_have_count(1)
+
+
+def test_the_sources_a_reply_drew_on_are_shown(page: Page) -> None:
+    page.goto("/")
+    page.locator("#agent option[value='librarian']").wait_for(state="attached")
+    page.select_option("#agent", "librarian")
+    reply = send(page, "which volcano is the most active?")
+    finished(reply)
+    sources = reply.locator("details.sources")
+    expect(sources).to_be_visible()
+    sources.locator("summary").click()
+    expect(sources.locator("li strong")).to_have_text("[1] Volcanoes, page 3")
+    expect(sources.locator("li blockquote")).to_have_text("Mount Etna is the most active volcano in Europe.")
+    page.reload()  # the stored reply keeps its sources
+    expect(page.locator(".message.assistant").last.locator("details.sources li strong")).to_have_text(
+        "[1] Volcanoes, page 3"
+    )
 
 
 def test_an_agents_tool_steps_are_shown(page: Page) -> None:
