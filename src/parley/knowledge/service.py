@@ -26,7 +26,7 @@ from parley.knowledge.fusion import Reranker, fuse
 from parley.knowledge.index import KnowledgeUnavailable, SearchIndex, table_name
 from parley.knowledge.ingestion import Ingestion, vector_table_for
 from parley.knowledge.parsing import check, media_type_of
-from parley.knowledge.records import CollectionRecord, DocumentRecord, IngestQueueFull
+from parley.knowledge.records import ChunkHit, CollectionRecord, DocumentRecord, IngestQueueFull
 from parley.store.inputs import clean_text
 from parley.store.urls import sqlite_path
 
@@ -217,47 +217,73 @@ class KnowledgeService:
         embedder, index = await self.opened()
         query = clean_text(query)
         collections = [await self.catalog.collection(cid, owner) for cid in dict.fromkeys(collection_ids)]
-        # A collection still being re-embedded keeps vectors of another model: keywords only, until the swap.
-        comparable = [c for c in collections if c.embedder == embedder.name and mode != "keyword"]
-        vector = (await embedder.embed([query]))[0] if comparable and query.strip() else None
-        n = self.settings.candidates
-        fused: list[tuple[CollectionRecord, list[tuple[int, float]]]] = []
-        for record in collections:
-            search_vectors = vector is not None and record in comparable
-            nearest, keyword = await asyncio.gather(
-                index.nearest(record.vector_table, vector, n) if search_vectors and vector else _nothing(),
-                _nothing() if mode == "vector" else index.keyword(record.keyword_table, record.id, query, n),
-            )
-            weights = (
-                record.vector_weight if mode != "keyword" else 0.0,
-                record.keyword_weight if mode != "vector" else 0.0,
-            )
-            ranking = fuse([([i for i, _ in nearest], weights[0]), (keyword, weights[1])], self.settings.rrf_k)
-            fused.append((record, ranking))
-        hits = await self.catalog.hits([chunk_id for _, ranking in fused for chunk_id, _ in ranking])
+        # (read while the index is searched: it doesn't depend on the search)
+        pending = asyncio.ensure_future(self.catalog.pending([c.id for c in collections]))
+        try:
+            # A collection still being re-embedded keeps vectors of another model: keywords only, until the swap.
+            comparable = [c for c in collections if c.embedder == embedder.name and mode != "keyword"]
+            vector = (await embedder.embed([query]))[0] if comparable and query.strip() else None
+            n = self.settings.candidates
+            fused: list[tuple[CollectionRecord, list[tuple[int, float]]]] = []
+            for record in collections:
+                search_vectors = vector is not None and record in comparable
+                nearest, keyword = await asyncio.gather(
+                    index.nearest(record.vector_table, vector, n) if search_vectors and vector else _nothing(),
+                    _nothing() if mode == "vector" else index.keyword(record.keyword_table, record.id, query, n),
+                )
+                weights = (
+                    record.vector_weight if mode != "keyword" else 0.0,
+                    record.keyword_weight if mode != "vector" else 0.0,
+                )
+                ranking = fuse([([i for i, _ in nearest], weights[0]), (keyword, weights[1])], self.settings.rrf_k)
+                fused.append((record, [(cid, score) for cid, score in ranking if score >= record.score_threshold]))
+            found, hits = await self._best_ready(fused, top_k)
+            found.sort(key=lambda item: -item[0])
+            limit = top_k or max((c.top_k for c in collections), default=self.settings.top_k)
+            passages = [
+                SourcePassage(
+                    index=position,
+                    document_id=hits[cid].document_id,
+                    title=hits[cid].title,
+                    uri=hits[cid].uri,
+                    page=hits[cid].page,
+                    chunk_id=str(cid),
+                    text=hits[cid].text,
+                    score=round(score, 6),
+                )
+                for position, (score, cid) in enumerate(found[:limit], start=1)
+            ]
+            if self._reranker is not None and passages:
+                reranked = await self._reranker.rerank(query, passages)
+                passages = [_renumbered(p, i) for i, p in enumerate(reranked, start=1)]
+        except BaseException:
+            pending.cancel()
+            raise
+        return Retrieval(passages=passages, pending=await pending)
+
+    async def _best_ready(
+        self, fused: list[tuple[CollectionRecord, list[tuple[int, float]]]], top_k: int | None
+    ) -> tuple[list[tuple[float, int]], dict[int, ChunkHit]]:
+        """Each collection's best `top_k` candidates whose documents are ready, with their chunks.
+
+        Chunks are read for the head of each ranking first (most candidates are ready), and for the
+        rest only where the head did not yield enough: a search reads a few chunks, not all 100."""
+        head = 3
+        hits = await self.catalog.hits(
+            [cid for record, ranking in fused for cid, _ in ranking[: head * (top_k or record.top_k)]]
+        )
+        short = [
+            cid
+            for record, ranking in fused
+            if sum(cid in hits for cid, _ in ranking) < (top_k or record.top_k)
+            for cid, _ in ranking[head * (top_k or record.top_k) :]
+        ]
+        if short:
+            hits.update(await self.catalog.hits(short))
         found: list[tuple[float, int]] = []
         for record, ranking in fused:
-            kept = [(score, cid) for cid, score in ranking if cid in hits and score >= record.score_threshold]
-            found.extend(kept[: top_k or record.top_k])
-        found.sort(key=lambda item: -item[0])
-        limit = top_k or max((c.top_k for c in collections), default=self.settings.top_k)
-        passages = [
-            SourcePassage(
-                index=position,
-                document_id=hits[cid].document_id,
-                title=hits[cid].title,
-                uri=hits[cid].uri,
-                page=hits[cid].page,
-                chunk_id=str(cid),
-                text=hits[cid].text,
-                score=round(score, 6),
-            )
-            for position, (score, cid) in enumerate(found[:limit], start=1)
-        ]
-        if self._reranker is not None and passages:
-            reranked = await self._reranker.rerank(query, passages)
-            passages = [_renumbered(p, i) for i, p in enumerate(reranked, start=1)]
-        return Retrieval(passages=passages, pending=await self.catalog.pending([c.id for c in collections]))
+            found.extend([(score, cid) for cid, score in ranking if cid in hits][: top_k or record.top_k])
+        return found, hits
 
 
 async def _nothing() -> list[Any]:
