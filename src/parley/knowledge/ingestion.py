@@ -78,8 +78,12 @@ class Ingestion:
             except ParleyError as exc:
                 await self._catalog.set_state(document_id, "failed", error=exc.message)
             except Exception:
-                log.exception("indexing document %s failed", document_id)
-                await self._catalog.set_state(document_id, "failed", error="indexing failed (see the server log)")
+                if await self._catalog.work_of(document_id) is None:
+                    # Deleted meanwhile, maybe with its collection and index tables: nothing failed.
+                    log.info("document %s was deleted while it was being indexed", document_id)
+                else:
+                    log.exception("indexing document %s failed", document_id)
+                    await self._catalog.set_state(document_id, "failed", error="indexing failed (see the server log)")
             finally:
                 self._queue.task_done()
 
