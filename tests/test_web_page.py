@@ -220,12 +220,18 @@ def test_failures_before_and_during_a_reply_are_said(page: Page) -> None:
     expect(page.locator(".message.assistant")).to_have_count(1)
 
 
-def test_the_sources_a_reply_drew_on_are_shown(page: Page) -> None:
+def ask_agent(page: Page, agent: str, text: str) -> Locator:
+    """Picks `agent` on a fresh page and sends `text`; the finished reply's element."""
     page.goto("/")
-    page.locator("#agent option[value='librarian']").wait_for(state="attached")
-    page.select_option("#agent", "librarian")
-    reply = send(page, "which volcano is the most active?")
+    page.locator(f"#agent option[value='{agent}']").wait_for(state="attached")
+    page.select_option("#agent", agent)
+    reply = send(page, text)
     finished(reply)
+    return reply
+
+
+def test_the_sources_a_reply_drew_on_are_shown(page: Page) -> None:
+    reply = ask_agent(page, "librarian", "which volcano is the most active?")
     sources = reply.locator("details.sources")
     expect(sources).to_be_visible()
     sources.locator("summary").click()
@@ -238,12 +244,8 @@ def test_the_sources_a_reply_drew_on_are_shown(page: Page) -> None:
 
 
 def test_an_agents_tool_steps_are_shown(page: Page) -> None:
-    page.goto("/")
-    page.locator("#agent option[value='calc']").wait_for(state="attached")
+    reply = ask_agent(page, "calc", "what is 6 times 7?")
     expect(page.locator("#agent option[value='calc']")).to_have_text("calc — Does sums")
-    page.select_option("#agent", "calc")
-    reply = send(page, "what is 6 times 7?")
-    finished(reply)
     steps = reply.locator("details.steps")
     expect(steps).to_be_visible()
     steps.locator("summary").click()
