@@ -16,7 +16,7 @@ lint: setup
 	$(UV) run mypy
 
 test: lint
-	$(UV) run pytest
+	$(UV) run pytest -n 2 --dist loadfile
 	$(UV) run python -m tests.api_fuzz
 
 # The API contract: Schemathesis over every operation of a real `parley serve` (tests/api_fuzz).
