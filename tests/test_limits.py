@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from parley.access.limit_counters import LocalCounters
 from parley.access.limit_redis import RedisCounters
@@ -231,3 +233,57 @@ async def test_a_crashed_instances_stream_slots_free_themselves_and_live_ones_ar
             await finish(run)
         finally:
             await other.aclose()
+
+
+class CountingRedis(Redis):
+    """A real client that counts the script calls it makes."""
+
+    script_calls = 0
+
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        self.script_calls += 1
+        return await super().evalsha(*args, **kwargs)
+
+
+async def test_one_instances_concurrent_requests_share_redis_calls_and_still_get_exactly_their_limit() -> None:
+    async with redis_prefix() as prefix:
+        registry = ModelRegistry([FakeConfig(name="echo", provider="fake")])
+        registry.entries()[0].state = ModelState.READY
+        client = CountingRedis.from_url(REDIS_URL)
+        assert isinstance(client, CountingRedis)
+        gate = LimitGate(RedisCounters(client, prefix), {}, reserve_tokens=10)
+        service = ChatService(registry, [], gates=[gate])
+        try:
+            caller = key("k-burst", requests_per_minute=25, tokens_per_minute=100_000)
+            results = await asyncio.gather(*(outcome(service, caller) for _ in range(60)))
+            assert sum(isinstance(result, Run) for result in results) == 25
+            refused = [result for result in results if isinstance(result, RateLimited)]
+            assert len(refused) == 35 and {error.code for error in refused} == {"rate_limit_requests"}
+            # 60 reservations in far fewer calls: those asked while a call was under way went together.
+            assert client.script_calls < 10
+            for result in results:
+                if isinstance(result, Run):
+                    await finish(result)
+        finally:
+            await gate.aclose()
+
+
+async def test_a_request_cancelled_while_its_limits_are_checked_gives_back_what_it_took() -> None:
+    async with redis_prefix() as prefix:
+        registry = ModelRegistry([FakeConfig(name="echo", provider="fake")])
+        registry.entries()[0].state = ModelState.READY
+        gate = LimitGate(RedisCounters(await connected(), prefix), {}, reserve_tokens=10)
+        service = ChatService(registry, [], gates=[gate])
+        caller = key("k-cancelled", requests_per_minute=1, max_streams=1)
+        try:
+            cancelled = asyncio.create_task(service.start(request(), principal=caller))
+            await asyncio.sleep(0)  # its reservation is asked; the answer hasn't come
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            # Its one request a minute and its one stream were given back: the next request gets them.
+            result = await outcome(service, caller)
+            assert isinstance(result, Run)
+            await finish(result)
+        finally:
+            await gate.aclose()
