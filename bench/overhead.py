@@ -19,7 +19,8 @@ counted in that Redis (a reservation and a settlement per request), runs beside 
 
 With `--baseline DIR` (the `src` folder of another checkout, e.g. a `git worktree` of an older
 commit) a second Parley runs that code with this environment, measured in the same windows,
-interleaved: a change's cost, side by side in one run.
+interleaved: a change's cost, side by side in one run. With `--access` too, a Parley with access
+all on runs that code as well (`access-base`).
 
 With `--metrics` another Parley runs with Prometheus metrics on (served on a `metrics_port` of its
 own, so no key is needed), measured in the same windows next to the first, which has them off;
@@ -330,6 +331,9 @@ def main() -> int:
             compared.append(("limits", others.enter_context(_limited_parley(upstream[0], Path(workdir), args.limits))))
         if args.access is not None:
             compared.append(("access", others.enter_context(_guarded_parley(upstream[0], Path(workdir), args.access))))
+            if args.baseline is not None:
+                guarded = _guarded_parley(upstream[0], Path(workdir), args.access, args.baseline, "access-baseline")
+                compared.append(("access-base", others.enter_context(guarded)))
         return runner.run(bench(args, upstream, parley, compared))
 
 
@@ -354,12 +358,15 @@ def _limited_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterat
 
 
 @contextlib.contextmanager
-def _guarded_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterator[tuple[int, int]]:
+def _guarded_parley(
+    upstream_port: int, workdir: Path, redis_url: str, source: Path | None = None, name: str = "access"
+) -> Iterator[tuple[int, int]]:
     """A Parley with access all on: keys required, the clients' `pk-` key limited (too high to
-    refuse, so every request reserves and settles in Redis), and Prometheus metrics collected."""
-    folder = workdir / "access"
+    refuse, so every request reserves and settles in Redis), and Prometheus metrics collected.
+    With `source`, that checkout's code runs it (with --baseline: access's cost before and after)."""
+    folder = workdir / name
     folder.mkdir(exist_ok=True)
-    prefix = f"parley-bench-access-{os.getpid()}"
+    prefix = f"parley-bench-{name}-{os.getpid()}"
     env = {"PARLEY_ADMIN_KEY": secrets.token_urlsafe(32), "PARLEY_KEY_SECRET": secrets.token_urlsafe(32)}
     settings = f'data_dir = "{folder / "data"}"\nredis_url = "{redis_url}"\nredis_prefix = "{prefix}"\n'
     config = folder / "keys.toml"
@@ -374,7 +381,7 @@ def _guarded_parley(upstream_port: int, workdir: Path, redis_url: str) -> Iterat
     )
     key = created.stdout.strip()
     try:
-        with parley_server(upstream_port, folder, settings=settings, env=env) as server:
+        with parley_server(upstream_port, folder, source, settings=settings, env=env) as server:
             CLIENT_HEADERS[f"http://127.0.0.1:{server[0]}"] = {**JSON, "Authorization": f"Bearer {key}"}
             yield server
     finally:
