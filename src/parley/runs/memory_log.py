@@ -20,9 +20,11 @@ class EventBuffer:
     def __init__(self, record: RunRecord) -> None:
         self.record = record
         self.events: list[LoggedEvent] = []
-        # Each waiting reader's own future (an asyncio.Event and wait_for's task per wait cost a
-        # tenth of a streamed request): resolved True by a change, False by its idle timer.
-        self._waiters: list[asyncio.Future[bool]] = []
+        # Each waiting reader's own future and when it began waiting: resolved True by a change,
+        # False once it has waited IDLE_SECONDS. One idle timer for them all, armed only while
+        # someone waits and moved lazily (a timer per wait showed in a streamed request's profile).
+        self._waiters: list[tuple[asyncio.Future[bool], float]] = []
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def extend(self, events: Sequence[LoggedEvent]) -> None:
         self.events.extend(events)
@@ -31,28 +33,41 @@ class EventBuffer:
     def end(self, state: RunState) -> None:
         self.record = replace(self.record, state=state, last_seq=len(self.events))
         self._wake()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        for waiter, _ in waiters:
             if not waiter.done():
                 waiter.set_result(True)
 
-    def _idle(self, waiter: asyncio.Future[bool]) -> None:
-        if not waiter.done():
-            waiter.set_result(False)
-            self._waiters.remove(waiter)
+    def _idle(self) -> None:
+        self._idle_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = []
+        for waiter, since in self._waiters:
+            if waiter.done():
+                continue
+            if now - since >= IDLE_SECONDS:
+                waiter.set_result(False)
+            else:
+                waiting.append((waiter, since))
+        self._waiters = waiting
+        if waiting:
+            self._idle_timer = loop.call_at(waiting[0][1] + IDLE_SECONDS, self._idle)
 
     async def _changed(self) -> bool:
         """Wait for new events or the end, for up to IDLE_SECONDS; whether they came."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(IDLE_SECONDS, self._idle, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+        now = loop.time()
+        self._waiters.append((waiter, now))
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(now + IDLE_SECONDS, self._idle)
+        return await waiter
 
     @property
     def last_seq(self) -> int:
