@@ -218,6 +218,18 @@ def test_keepalive_comments_flow_while_the_upstream_is_silent(parley: str) -> No
     assert lines[-1] == "data: [DONE]"
 
 
+def test_keepalive_comments_flow_on_chat_api_while_the_upstream_is_silent(parley: str) -> None:
+    body = {"message": new_marker(), "model": "stall"}  # (a reply that goes on if its client leaves: a run log)
+    with httpx.stream("POST", parley + "/api/chat", json=body, timeout=30) as reply:
+        assert reply.status_code == 200
+        lines = [line for line in reply.iter_lines() if line]
+    deltas = [i for i, line in enumerate(lines) if line.startswith("data: ") and '"text"' in line]
+    assert len(deltas) >= 2
+    pings = [line for line in lines[deltas[0] : deltas[-1]] if line.startswith(": ping")]
+    assert pings, "no keep-alive comment while the upstream was silent"
+    assert lines[-2] == "event: message_complete"
+
+
 def test_chat_api_stream_survives_a_stall_shorter_than_the_read_timeout(parley: str) -> None:
     with (
         httpx.Client(timeout=30) as http,
