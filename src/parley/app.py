@@ -12,7 +12,6 @@ from fastapi_offline import FastAPIOffline
 from parley.access.allow_lists import ModelAllowList
 from parley.access.edge import AccessMiddleware
 from parley.access.limits_setup import limits_may_apply, open_limit_gate
-from parley.access.ratelimit_headers import RateLimitHeaders
 from parley.access.startup import open_access
 from parley.access.usage import UsageRecorder, prices_of
 from parley.api import admin_keys, admin_mcp, agents, chat, conversations, embeddings, health, openai, runs, ws
@@ -156,16 +155,19 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
     app.state.lifecycle = lifecycle
     app.state.observability = observability
     app.state.access = None  # until the lifespan decides (AccessMiddleware reads it)
-    app.state.limits = None  # until the lifespan decides (RateLimitHeaders reads it)
+    app.state.limits = None  # until the lifespan decides (the request middleware reads it)
     install_error_handlers(app)
     document_by_hand(app)
     app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
-    if limits_may_apply(settings):
-        app.add_middleware(RateLimitHeaders)  # x-ratelimit-* on limited callers' responses
     app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
     app.add_middleware(AccessMiddleware)  # who is calling: decided once, before any route
     # Cross-site browser requests refused; listed origins through Starlette's CORSMiddleware.
     app.add_middleware(CrossSiteGuard, cors_origins=settings.cors_origins)
     observer = observability if observability.wanted else None
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, observer=observer)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        observer=observer,
+        rate_limit_headers=limits_may_apply(settings),  # x-ratelimit-* on limited callers' responses
+    )
     return app

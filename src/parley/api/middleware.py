@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import logs
+from parley.access.ratelimit_headers import collect_rate_limit_headers
 from parley.errors import InternalError, ParleyError, PayloadTooLarge
 from parley.ids import unique_hex
 from parley.logs import client_request_id, printable
@@ -22,6 +23,7 @@ from parley.logs import client_request_id, printable
 log = logging.getLogger("parley.access")
 CLIENT_CLOSED = 499  # logged for a request whose client went away before it was answered (nginx's habit)
 errors_log = logging.getLogger("parley.errors")
+_NONE: list[tuple[bytes, bytes]] = []  # (never added to)
 
 
 class RequestObserver(Protocol):
@@ -38,10 +40,21 @@ class RequestContextMiddleware:
     then closes it). WebSocket connections get an id too.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, observer: RequestObserver | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        observer: RequestObserver | None = None,
+        *,
+        rate_limit_headers: bool = False,
+    ) -> None:
         self._app = app
         self._max_body_bytes = max_body_bytes
         self._observer = observer  # (metrics) None: nothing to do per request
+        # Limits may apply (the lifespan decides whether they do): their x-ratelimit-* headers go
+        # out with the request id, rather than through a middleware of their own, whose send
+        # wrapper every message of a streamed reply would pass.
+        self._rate_limit_headers = rate_limit_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,12 +67,18 @@ class RequestContextMiddleware:
         logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 0
+        limited = self._rate_limit_headers and scope["app"].state.limits is not None
+        rate_limits = collect_rate_limit_headers() if limited else _NONE
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    *rate_limits,
+                ]
             await send(message)
 
         try:
