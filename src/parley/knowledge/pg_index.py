@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.knowledge.index import KnowledgeUnavailable, query_terms
+from parley.knowledge.index import KEYWORD_RANK_BUDGET, KnowledgeUnavailable, informative_terms, query_terms
 
 NEEDS_PGVECTOR = (
     "knowledge on PostgreSQL needs the pgvector extension: install it on the server and run "
@@ -121,16 +121,26 @@ class PostgresIndex:
         if not terms:
             return []
         async with self._engine.connect() as connection:
+            counts = await connection.execute(
+                text(
+                    "SELECT term, (SELECT count(*) FROM (SELECT 1 FROM knowledge_chunks "
+                    "WHERE collection_id = :collection "
+                    f"AND search_words @@ plainto_tsquery('{_TS_CONFIG}', term) LIMIT :cap) AS m) "
+                    "FROM unnest(CAST(:terms AS text[])) AS term"
+                ),
+                {"terms": terms, "collection": collection_id, "cap": KEYWORD_RANK_BUDGET + 1},
+            )
+            chosen = informative_terms([(str(row[0]), int(row[1])) for row in counts])
             rows = await connection.execute(
                 text(
                     # Any word may match (OR), as FTS5 does: plainto_tsquery's stems, joined by | not &.
                     "WITH q AS (SELECT CAST(replace(CAST(plainto_tsquery("
                     f"'{_TS_CONFIG}', :words) AS text), '&', '|') AS tsquery) AS query) "
-                    "SELECT c.id FROM knowledge_chunks c, q "
-                    "WHERE c.collection_id = :collection AND c.search_words @@ q.query "
-                    "ORDER BY ts_rank(c.search_words, q.query) DESC LIMIT :n"
+                    "SELECT m.id FROM (SELECT c.id, c.search_words FROM knowledge_chunks c, q "
+                    "WHERE c.collection_id = :collection AND c.search_words @@ q.query LIMIT :budget) AS m, q "
+                    "ORDER BY ts_rank(m.search_words, q.query) DESC LIMIT :n"
                 ),
-                {"words": " ".join(terms), "collection": collection_id, "n": n},
+                {"words": " ".join(chosen), "collection": collection_id, "budget": KEYWORD_RANK_BUDGET, "n": n},
             )
             return [int(row[0]) for row in rows]
 
