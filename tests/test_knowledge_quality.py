@@ -8,7 +8,8 @@ user would ask: some share only meaning with their passage (its words are not in
 keywords miss), some hinge on an exact error code, setting, version or name (which a vector of
 averaged word embeddings blurs into its neighbours'). Hybrid retrieval must find the passage in
 its top 5 for most questions and do better than vectors alone and keywords alone, by top-5
-recall and by mean reciprocal rank; the figures print.
+recall and by mean reciprocal rank; the figures print. And where a question's words are in
+thousands of chunks (the keyword list then ranks by its rarer words), a rare word still finds its chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from parley.knowledge.index import KEYWORD_RANK_BUDGET
+from parley.knowledge.sqlite_index import SQLiteIndex
 from tests.support.knowledge import knowledge_on
 
 PASSAGES = {
@@ -193,3 +196,18 @@ async def test_hybrid_retrieval_finds_the_passage_and_beats_either_list_alone(tm
         assert recall["hybrid"] >= 0.8
         assert recall["hybrid"] > max(recall["vector"], recall["keyword"])
         assert mrr["hybrid"] > max(mrr["vector"], mrr["keyword"])
+
+
+async def test_a_rare_word_finds_its_chunk_among_thousands_that_hold_the_common_ones(tmp_path: Path) -> None:
+    index = SQLiteIndex(tmp_path / "parley.db")
+    try:
+        await index.create("vec_t", "kw_t", 8)
+        common = [
+            f"Upload settings: the client retries a failed upload, note {n}." for n in range(2 * KEYWORD_RANK_BUDGET)
+        ]
+        texts = [*common, "Upload settings: a failed upload with E5001 was larger than the limit."]
+        await index.add("vec_t", "kw_t", list(range(1, len(texts) + 1)), texts, [[1.0] + [0.0] * 7] * len(texts))
+        found = await index.keyword("kw_t", "c", "why did my failed upload say E5001 in the client settings", 5)
+        assert found[0] == len(texts)
+    finally:
+        await index.aclose()
