@@ -15,6 +15,10 @@ from parley.errors import ParleyError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_QUERY_TERMS = 64
+# Ranking (BM25) costs per matching chunk, a few µs each: a question with a word found in a third
+# of a 100,000-chunk collection would rank 30,000 chunks. The keyword list ranks by the query's
+# rarer words, up to about this many matches (informative_terms), and never ranks more than this.
+KEYWORD_RANK_BUDGET = 4000
 # Words too common to tell passages apart: matching them only makes the keyword list slower
 # (every chunk has them) and noisier. Questions are full of them ("how do I ...").
 STOP_WORDS = frozenset(
@@ -132,6 +136,20 @@ def query_terms(query: str) -> list[str]:
             break
         seen.setdefault(word, None)
     return list(seen)
+
+
+def informative_terms(document_counts: Sequence[tuple[str, int]], budget: int = KEYWORD_RANK_BUDGET) -> list[str]:
+    """The rarest terms (by how many chunks hold each) whose matches together stay within `budget`;
+    at least the rarest one. Common words tell chunks apart least (BM25 gives them the least
+    weight) and cost the most to rank, so they are the ones left out."""
+    chosen: list[str] = []
+    matches = 0
+    for term, count in sorted(document_counts, key=lambda item: item[1]):
+        if chosen and matches + count > budget:
+            break
+        chosen.append(term)
+        matches += count
+    return chosen
 
 
 def table_name(prefix: str, tag: str) -> str:

@@ -14,13 +14,27 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.knowledge.index import KnowledgeUnavailable, query_terms
+from parley.knowledge.index import KEYWORD_RANK_BUDGET, KnowledgeUnavailable, informative_terms, query_terms
 
 NEEDS_PGVECTOR = (
     "knowledge on PostgreSQL needs the pgvector extension: install it on the server and run "
     "`CREATE EXTENSION vector;` in Parley's database"
 )
 _TS_CONFIG = "english"
+# How many chunks hold each query word, estimated from the statistics ANALYZE keeps of the
+# commonest lexemes (pg_stats.most_common_elems: a fraction of rows each): counting them was as
+# slow as the ranking it saves. A word not listed is rare (0); a PostgreSQL stop word is left out.
+_MATCHES_ESTIMATE = text(
+    "SELECT t.term, coalesce(max(s.freq), 0) * greatest(max(c.reltuples), 0) "
+    "FROM unnest(CAST(:terms AS text[])) AS t(term) "
+    f"CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('{_TS_CONFIG}', t.term))) AS l(lexeme) "
+    "LEFT JOIN (SELECT e.elem, e.freq FROM pg_stats AS ps, "
+    "unnest(CAST(CAST(ps.most_common_elems AS text) AS text[]), ps.most_common_elem_freqs) AS e(elem, freq) "
+    "WHERE ps.schemaname = current_schema() AND ps.tablename = 'knowledge_chunks' "
+    "AND ps.attname = 'search_words') AS s ON s.elem = l.lexeme "
+    "CROSS JOIN (SELECT reltuples FROM pg_class WHERE oid = CAST('knowledge_chunks' AS regclass)) AS c "
+    "GROUP BY t.term"
+)
 
 
 def _literal(vector: Sequence[float]) -> str:
@@ -121,16 +135,20 @@ class PostgresIndex:
         if not terms:
             return []
         async with self._engine.connect() as connection:
+            counts = await connection.execute(_MATCHES_ESTIMATE, {"terms": terms})
+            chosen = informative_terms([(str(row[0]), int(row[1])) for row in counts])
+            if not chosen:
+                return []
             rows = await connection.execute(
                 text(
                     # Any word may match (OR), as FTS5 does: plainto_tsquery's stems, joined by | not &.
                     "WITH q AS (SELECT CAST(replace(CAST(plainto_tsquery("
                     f"'{_TS_CONFIG}', :words) AS text), '&', '|') AS tsquery) AS query) "
-                    "SELECT c.id FROM knowledge_chunks c, q "
-                    "WHERE c.collection_id = :collection AND c.search_words @@ q.query "
-                    "ORDER BY ts_rank(c.search_words, q.query) DESC LIMIT :n"
+                    "SELECT m.id FROM (SELECT c.id, c.search_words FROM knowledge_chunks c, q "
+                    "WHERE c.collection_id = :collection AND c.search_words @@ q.query LIMIT :budget) AS m, q "
+                    "ORDER BY ts_rank(m.search_words, q.query) DESC LIMIT :n"
                 ),
-                {"words": " ".join(terms), "collection": collection_id, "n": n},
+                {"words": " ".join(chosen), "collection": collection_id, "budget": KEYWORD_RANK_BUDGET, "n": n},
             )
             return [int(row[0]) for row in rows]
 

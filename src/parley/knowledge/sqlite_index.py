@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from parley.knowledge.index import KnowledgeUnavailable, query_terms
+from parley.knowledge.index import KEYWORD_RANK_BUDGET, KnowledgeUnavailable, informative_terms, query_terms
 from parley.knowledge.vector_cache import VectorCache, VectorMatrix, nearest
 
 T = TypeVar("T")
@@ -159,11 +159,15 @@ class SQLiteIndex:
         terms = query_terms(query)
         if not terms:
             return []
-        match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
 
         def work(db: Any) -> list[int]:
+            counts = [(term, _matches(db, keyword_table, _phrase(term))) for term in terms]
+            match = " OR ".join(_phrase(term) for term in informative_terms(counts))
+            # (the inner LIMIT bounds the rows ranked when even the rarest word is in most chunks)
             rows = db.execute(
-                f"SELECT rowid FROM {keyword_table} WHERE {keyword_table} MATCH ? ORDER BY rank LIMIT ?", (match, n)
+                f"SELECT rowid FROM (SELECT rowid, rank FROM {keyword_table} WHERE {keyword_table} MATCH ? LIMIT ?) "
+                "ORDER BY rank LIMIT ?",
+                (match, KEYWORD_RANK_BUDGET, n),
             ).fetchall()
             return [int(row[0]) for row in rows]
 
@@ -178,6 +182,16 @@ def _put_vectors(db: Any, vector_table: str, chunk_ids: Sequence[int], blobs: Se
     # Replaced, not duplicated: a re-embedding and a new document's worker may both write one.
     db.executemany(f"DELETE FROM {vector_table} WHERE rowid = ?", [(chunk_id,) for chunk_id in chunk_ids])
     db.executemany(f"INSERT INTO {vector_table}(rowid, embedding) VALUES (?, ?)", zip(chunk_ids, blobs, strict=True))
+
+
+def _phrase(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def _matches(db: Any, keyword_table: str, phrase: str) -> int:
+    """How many chunks hold the phrase: a walk of its list of rows in the index, no ranking."""
+    row = db.execute(f"SELECT count(*) FROM {keyword_table} WHERE {keyword_table} MATCH ?", (phrase,)).fetchone()
+    return int(row[0])
 
 
 def _blobs(matrix: Any) -> list[bytes]:
