@@ -159,7 +159,8 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
     app.state.limits = None  # until the lifespan decides (RateLimitHeaders reads it)
     install_error_handlers(app)
     document_by_hand(app)
-    app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
+    app.add_middleware(chat.ChatRoute)  # the innermost two: inside CORS and request ids
+    app.add_middleware(openai.ChatCompletionsRoute)
     if limits_may_apply(settings):
         app.add_middleware(RateLimitHeaders)  # x-ratelimit-* on limited callers' responses
     app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
