@@ -102,3 +102,18 @@ def test_every_event_is_in_the_openapi_schema(http: httpx.Client) -> None:
     references = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(schema)))
     assert references <= set(components), references - set(components)
     assert http.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/json; charset=utf-8"])
+def test_a_body_is_read_as_json_whatever_its_content_type_says(http: httpx.Client, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    reply = http.post("/api/chat", content=b'{"message": "hello", "stream": false}', headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["content"] == "hello"
+
+
+def test_a_malformed_idempotency_key_is_refused_by_name(http: httpx.Client) -> None:
+    reply = http.post("/api/chat", json={"message": "hi"}, headers={"Idempotency-Key": "has a space"})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "header.Idempotency-Key" and error["code"] == "string_pattern_mismatch"

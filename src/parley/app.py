@@ -158,7 +158,8 @@ def create_app(settings: Settings, *, knowledge: KnowledgeBase | None = None) ->
     app.state.limits = None  # until the lifespan decides (the request middleware reads it)
     install_error_handlers(app)
     document_by_hand(app)
-    app.add_middleware(openai.ChatCompletionsRoute)  # the innermost: inside CORS and request ids
+    app.add_middleware(chat.ChatRoute)  # the innermost two: inside CORS and request ids
+    app.add_middleware(openai.ChatCompletionsRoute)
     app.add_middleware(RefuseWhileDraining, lifecycle=lifecycle)
     app.add_middleware(AccessMiddleware)  # who is calling: decided once, before any route
     # Cross-site browser requests refused; listed origins through Starlette's CORSMiddleware.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.access.principal import principal_of
 from parley.api.chat_events import ChatEvents, NamedEvent
@@ -21,13 +25,16 @@ from parley.api.chat_schema import (
     tool_calls_out,
 )
 from parley.api.deps import ConversationChatDep, RunHubDep
-from parley.api.input_limits import CheckedJSONRoute
+from parley.api.error_handlers import error_response
+from parley.api.input_limits import CheckedJSONRoute, loads_object
+from parley.api.openai import read_body, route_path
 from parley.api.runs import digest_of, stream_surviving
 from parley.api.streaming import collect_unless_disconnected, stream_run
-from parley.chat.turns import Turn
+from parley.chat.turns import ConversationChat, Turn
 from parley.errors import InvalidRequest, ParleyError
 from parley.events import EventBatch, ReasoningDelta, TextDelta
 from parley.models.base import GenerationParams
+from parley.runs import RunHub
 
 router = APIRouter(prefix="/api", tags=["Parley chat API"], route_class=CheckedJSONRoute)
 
@@ -111,6 +118,18 @@ async def chat(
         ),
     ] = None,
 ) -> Response | ChatReply:
+    return await answer(body, request, conversations, runs, idempotency_key)
+
+
+async def answer(
+    body: ChatBody,
+    request: Request,
+    conversations: ConversationChat,
+    runs: RunHub,
+    idempotency_key: str | None,
+) -> Response | ChatReply:
+    """`POST /api/chat`'s reply to a valid request, whichever way it came in (see `ChatRoute`)."""
+
     def start() -> Awaitable[Turn]:
         return conversations.start(
             body.message,
@@ -146,3 +165,88 @@ async def chat(
             sources=SourcesOut.of(run.sources) if run.sources is not None else None,
         )
     return await stream_run(request.app.state.settings, run, _SSEChatEvents(events))
+
+
+CHAT_PATH = "/api/chat"
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # as the route's Header(pattern=...)
+_CHAT_ROUTE = next(route for route in router.routes if isinstance(route, APIRoute) and route.path == CHAT_PATH)
+
+
+class ChatRoute:
+    """`POST /api/chat`, served by an inner middleware ahead of FastAPI's router, as
+    `openai.ChatCompletionsRoute` serves `/v1/chat/completions`: the request wrapper and dependency
+    solving of a path operation were a measurable share of a stored turn's CPU.
+
+    Only requests FastAPI would accept are answered here (a JSON body that is a valid `ChatBody`,
+    a well-formed Idempotency-Key); any other goes on, its body replayed, to the FastAPI route
+    above, which stays registered: it answers bad input exactly as before, and the OpenAPI
+    document still describes it. Requests still pass the app's own middleware.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) != CHAT_PATH:
+            await self._app(scope, receive, send)
+            return
+        raw = await read_body(receive)
+        if raw is None:  # the client left before it finished sending
+            return
+        accepted = _accepted(scope, raw)
+        if accepted is None:
+            await self._app(scope, _replaying(raw, receive), send)
+            return
+        body, idempotency_key = accepted
+        scope["route"] = _CHAT_ROUTE  # (what logs and metrics name the request by, as the router would)
+        request = Request(scope, receive)
+        state = scope["app"].state
+        try:
+            reply = await answer(body, request, state.conversation_chat, state.runs, idempotency_key)
+        except Exception as exc:  # (raised before anything was sent: what is sent handles its own)
+            response: Response = await error_response(request, exc)
+        else:
+            response = reply if isinstance(reply, Response) else JSONResponse(reply.model_dump(mode="json"))
+        await response(scope, receive, send)
+
+
+def _accepted(scope: Scope, raw: bytes) -> tuple[ChatBody, str | None] | None:
+    """The body and Idempotency-Key of a request the FastAPI route would accept; None for any other."""
+    content_type: bytes | None = None
+    idempotency_key: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-type" and content_type is None:
+            content_type = value
+        elif name == b"idempotency-key" and idempotency_key is None:
+            idempotency_key = value.decode("latin-1")
+    if content_type is None or not _is_json(content_type):  # (FastAPI reads no other body as JSON)
+        return None
+    if idempotency_key is not None and _IDEMPOTENCY_KEY.fullmatch(idempotency_key) is None:
+        return None
+    try:
+        data = loads_object(raw, max_depth=scope["app"].state.settings.max_json_depth)
+        return ChatBody.model_validate(data), idempotency_key
+    except (ParleyError, ValidationError):
+        return None
+
+
+def _is_json(content_type: bytes) -> bool:
+    """As FastAPI reads a body as JSON: `application/json` or `application/*+json`, any parameters."""
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    if b" " in kind or b"\t" in kind:  # (something unusual: left to FastAPI to judge)
+        return False
+    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+
+
+def _replaying(raw: bytes, receive: Receive) -> Receive:
+    """`receive`, with the body already read given back first."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return replay

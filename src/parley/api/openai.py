@@ -53,7 +53,7 @@ class ChatCompletionsRoute:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _route_path(scope) != CHAT_COMPLETIONS_PATH:
+        if scope["type"] != "http" or route_path(scope) != CHAT_COMPLETIONS_PATH:
             await self._app(scope, receive, send)
             return
         try:
@@ -66,7 +66,7 @@ class ChatCompletionsRoute:
     async def _respond(self, scope: Scope, receive: Receive) -> Response | None:
         if scope["method"] != "POST":
             raise HTTPException(405, headers={"Allow": "POST"})
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if raw is None:  # the client left before it finished sending
             return None
         state = scope["app"].state
@@ -116,14 +116,14 @@ def scope_principal(scope: Scope) -> Principal:
     return principal
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path as the router matches it: without the root path a proxy may have put in front."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def read_body(receive: Receive) -> bytes | None:
     parts: list[bytes] = []
     while True:
         message = await receive()

@@ -82,12 +82,13 @@ def _reason(exc: BaseException) -> str | None:
             return _SCHEMA_STATES[state]
         if state.startswith(_UNREACHABLE_STATES):
             return UNREACHABLE
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:  # the driver saw the connection die
-            return UNREACHABLE
-        if isinstance(exc.orig, sqlite3.OperationalError):
-            words = str(exc.orig).lower()
-            return next((reason for phrase, reason in _SQLITE_MESSAGES if phrase in words), None)
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:  # the driver saw the connection die
+        return UNREACHABLE
+    # (raised by SQLAlchemy, or by sqlite3 itself where the store's writer drives it directly)
+    said = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if isinstance(said, sqlite3.OperationalError):
+        words = str(said).lower()
+        return next((reason for phrase, reason in _SQLITE_MESSAGES if phrase in words), None)
     return None
 
 

@@ -47,6 +47,7 @@ from parley.events import Usage
 from parley.models.base import ChatMessage, ToolCall
 from parley.store import export, inputs
 from parley.store.availability import Availability
+from parley.store.direct_writes import direct_applier
 from parley.store.engine import create_engine, writer
 from parley.store.errors import (
     ConversationExists,
@@ -119,6 +120,7 @@ class ConversationStore:
             transaction=(lambda: locked(lock, begin)) if lock is not None else begin,
             max_batch=max_batch,
             max_queue=max_queue,
+            direct=direct_applier(engine, lock),
         )
 
     @property
@@ -143,7 +145,10 @@ class ConversationStore:
         try:
             await self._batches.aclose()
         finally:
-            await self._engine.dispose()
+            try:
+                await self._batches.aclose_direct()
+            finally:
+                await self._engine.dispose()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the database can't be reached."""

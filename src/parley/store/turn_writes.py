@@ -67,38 +67,54 @@ class OpenTurn(WriteOp[OpenedTurn | None]):
         upsert = _UPSERTS[connection.dialect.name]
         opened: dict[int, OpenedTurn] = {}
         messages: list[dict[str, Any]] = []
-        for turns in _rounds(ops):
-            rows = [
-                {
-                    "id": conversation_id,
-                    "title": mine[0].title,
-                    "model": mine[-1].model,
-                    "agent": mine[-1].agent,
-                    "message_count": 2 * len(mine),
-                    "created_at": mine[0].now,
-                    "updated_at": mine[-1].now,
-                    "owner": mine[0].owner,
-                }
-                for conversation_id, mine in sorted(turns.items())
-            ]
-            returned = await connection.execute(upsert, rows)
+        for turns in turn_rounds(ops):
+            returned = await connection.execute(upsert, conversation_rows(turns))
             counts: dict[str, tuple[int, str | None]] = {row[0]: (row[1], row[2]) for row in returned}
-            for conversation_id, mine in turns.items():
-                if conversation_id not in counts:
-                    continue  # another owner's: nothing written
-                count, owner = counts[conversation_id]
-                position = count - 2 * len(mine)
-                for op in mine:
-                    opened[id(op)] = OpenedTurn(conversation_id, op.user_message_id, op.reply_id, position, owner)
-                    messages.append(_message(op, op.user_message_id, position, "user", op.content, "complete"))
-                    messages.append(_message(op, op.reply_id, position + 1, "assistant", "", "streaming"))
-                    position += 2
+            for op, position, owner in placed_turns(turns, counts):
+                opened[id(op)] = OpenedTurn(op.conversation_id, op.user_message_id, op.reply_id, position, owner)
+                messages.append(_message(op, op.user_message_id, position, "user", op.content, "complete"))
+                messages.append(_message(op, op.reply_id, position + 1, "assistant", "", "streaming"))
         if messages:
             await connection.execute(_INSERT_MESSAGES, messages)
         return [opened.get(id(op)) for op in ops]
 
 
-def _rounds(ops: Sequence[OpenTurn]) -> list[dict[str, list[OpenTurn]]]:
+Counts = dict[str, tuple[int, str | None]]  # a conversation's message count after the upsert, and owner
+
+
+def conversation_rows(turns: dict[str, list[OpenTurn]]) -> list[dict[str, Any]]:
+    """One round's conversations as upserted, in id order (the order rows are locked in)."""
+    return [
+        {
+            "id": conversation_id,
+            "title": mine[0].title,
+            "model": mine[-1].model,
+            "agent": mine[-1].agent,
+            "message_count": 2 * len(mine),
+            "created_at": mine[0].now,
+            "updated_at": mine[-1].now,
+            "owner": mine[0].owner,
+        }
+        for conversation_id, mine in sorted(turns.items())
+    ]
+
+
+def placed_turns(turns: dict[str, list[OpenTurn]], counts: Counts) -> list[tuple[OpenTurn, int, str | None]]:
+    """Each turn the upsert let through, with its user message's position and its conversation's owner.
+    A conversation the upsert did not return (another owner's) places none of its turns."""
+    placed = []
+    for conversation_id, mine in turns.items():
+        if conversation_id not in counts:
+            continue
+        count, owner = counts[conversation_id]
+        position = count - 2 * len(mine)
+        for op in mine:
+            placed.append((op, position, owner))
+            position += 2
+    return placed
+
+
+def turn_rounds(ops: Sequence[OpenTurn]) -> list[dict[str, list[OpenTurn]]]:
     """The ops grouped by conversation, in as many upserts as it takes for each to hold one owner's
     turns per conversation (one upsert can't write a row twice). Almost always one: a second comes
     only when two owners' turns name one id in one batch (one of them is refused). It locks rows
