@@ -28,7 +28,7 @@ from parley.api.deps import ConversationChatDep, RunHubDep
 from parley.api.error_handlers import error_response
 from parley.api.input_limits import CheckedJSONRoute, loads_object
 from parley.api.openai import read_body, route_path
-from parley.api.runs import digest_of, stream_surviving
+from parley.api.runs import stream_surviving
 from parley.api.streaming import collect_unless_disconnected, stream_run
 from parley.chat.turns import ConversationChat, Turn
 from parley.errors import InvalidRequest, ParleyError
@@ -142,9 +142,7 @@ async def answer(
         )
 
     if body.stream and (body.on_disconnect or request.app.state.settings.on_disconnect) == "continue":
-        return await stream_surviving(
-            request, runs, start, idempotency_key=idempotency_key, request_digest=digest_of(body)
-        )
+        return await stream_surviving(request, runs, start, idempotency_key=idempotency_key, body=body)
     if idempotency_key is not None:
         raise InvalidRequest(
             'Idempotency-Key needs a streamed reply that continues when its client leaves (on_disconnect "continue")',

@@ -120,7 +120,7 @@ async def stream_surviving(
     start: Callable[[], Awaitable[Turn]],
     *,
     idempotency_key: str | None,
-    request_digest: str,
+    body: BaseModel,
 ) -> Response:
     """Start a reply driven by a run of its own (it goes on if the client leaves) and stream its log.
 
@@ -128,10 +128,12 @@ async def stream_surviving(
     settings: Settings = request.app.state.settings
     owner = principal_of(request).owner
     claim: str | None = None
+    request_digest = ""  # (with a key: the body's, so a retry with another body is told apart)
     if idempotency_key is not None:
         if _IDEMPOTENCY_KEY.fullmatch(idempotency_key) is None:
             raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters", param="Idempotency-Key")
         claim = hub.idempotency.record_key(owner, idempotency_key)
+        request_digest = digest_of(body)  # (only with a key: hashing every body showed in the profile)
         earlier = await hub.idempotency.claim(claim, request_digest)
         if earlier is not None:
             await hub.resumable(earlier, owner)
