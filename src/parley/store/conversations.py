@@ -70,6 +70,7 @@ from parley.store.records import (
     TimingLike,
 )
 from parley.store.schema import ID_LENGTH, ROLES, ConversationRow, MessageRow, UTCDateTime
+from parley.store.sqlite_reads import ConversationState, Window, history_reader
 from parley.store.turn_writes import FinishReply, OpenedTurn, OpenTurn, SaveProgress
 from parley.store.writer import MAX_BATCH, MAX_QUEUE, BatchWriter, WriteOp, locked
 
@@ -122,6 +123,8 @@ class ConversationStore:
             max_queue=max_queue,
             direct=direct_applier(engine, lock),
         )
+        # A SQLite file's history windows: one thread hop through sqlite3 (else through SQLAlchemy).
+        self._windows = history_reader(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -142,13 +145,12 @@ class ConversationStore:
 
     async def aclose(self) -> None:
         """Apply the writes still queued, then close every connection."""
-        try:
+        async with contextlib.AsyncExitStack() as closing:  # each step runs, whatever the others raise
+            closing.push_async_callback(self._engine.dispose)
+            if self._windows is not None:
+                closing.push_async_callback(self._windows.aclose)
+            closing.push_async_callback(self._batches.aclose_direct)
             await self._batches.aclose()
-        finally:
-            try:
-                await self._batches.aclose_direct()
-            finally:
-                await self._engine.dispose()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the database can't be reached."""
@@ -491,18 +493,14 @@ class ConversationStore:
             if (kept := cache.get(conversation_id, limit, owner)) is not None:
                 return kept
             cache.reading(conversation_id)
-        parameters = {"conversation": conversation_id, "newest": limit, "before": _NO_POSITION, "owner": owner}
-        if before is not None:
-            parameters["before"] = before
-        statement = (_NEWEST if limit is not None else _ALL_NEWEST_FIRST)[owner is not None]
         try:
-            async with self._available(), self._engine.connect() as connection:
-                rows = (await connection.execute(statement, parameters)).all()
-                state = (await connection.execute(_CONVERSATION_STATE, parameters)).first()
+            async with self._available():
+                read = await self._window(conversation_id, limit, _NO_POSITION if before is None else before, owner)
         except BaseException:
             if cache is not None:
                 cache.read_failed(conversation_id)
             raise
+        rows, state = read.rows, read.state
         if state is None or (owner is not None and state.owner != owner):
             if cache is not None:  # no such conversation (yet): its first turn starts the cache
                 cache.read_failed(conversation_id)
@@ -516,6 +514,18 @@ class ConversationStore:
             positions = [position for position, _ in kept_pairs]
             cache.read(conversation_id, messages, positions, state.message_count, whole, state.owner)
         return RecentHistory(list(messages), state.message_count)
+
+    async def _window(self, conversation_id: str, limit: int | None, before: int, owner: str | None) -> Window:
+        """The newest `limit` messages a model sees (all with None) before `before`, newest first,
+        with the conversation's (message_count, owner), as of one moment."""
+        if self._windows is not None:
+            return await self._windows.window(conversation_id, limit, before, owner)
+        parameters = {"conversation": conversation_id, "newest": limit, "before": before, "owner": owner}
+        statement = (_NEWEST if limit is not None else _ALL_NEWEST_FIRST)[owner is not None]
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(statement, parameters)).all()
+            state = (await connection.execute(_CONVERSATION_STATE, parameters)).first()
+        return Window(rows, None if state is None else ConversationState(state.message_count, state.owner))
 
     async def fail_interrupted(self, older_than: timedelta = timedelta(0)) -> int:
         """Mark replies left `streaming` by a server that stopped as failed, keeping the text saved
