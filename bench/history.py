@@ -4,8 +4,9 @@ For SQLite (a file in a temporary directory) and PostgreSQL (a database created 
 PARLEY_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test, dropped after),
 through the real ConversationStore:
 
-- load: the window a turn reads (`recent_history`: the newest messages fitting could keep for a
-  2,048-token context), from the database and again (SQLite keeps it in process), and the whole
+- load: the window a turn reads (`turn_history`: the newest messages fitting could keep for a
+  2,048-token context), from the database (the server's store, its kept histories skipped) and
+  again (kept in process), and the whole
   conversation (`history`, `get_conversation`), of a conversation holding 1,000 messages;
 - turn: what one chat exchange writes, as a turn writes it: `open_turn` (the user's message and
   the empty reply) then `finish_reply` (with usage and timing), one at a time (so no batching
@@ -57,6 +58,9 @@ class Row:
     backend: str
     operation: str
     samples: list[float]
+
+
+EVERY_POSITION = 2**31 - 1  # `before` that every stored message comes before
 
 
 async def _timed(operation: Callable[[], Awaitable[object]], count: int, budget_s: float) -> list[float]:
@@ -115,7 +119,10 @@ async def bench_backend(name: str, url: str, loads: int, turns: int) -> list[Row
         window = history_window(CONTEXT_SIZE)
 
         async def window_from_the_database() -> object:
-            return await ConversationStore(store.engine).recent_history(long.id, window)  # nothing kept yet
+            # The server's own store, as a turn reads when another server wrote meanwhile: `before`
+            # skips the kept histories. (A new store per read measured its start-up: a reader's
+            # thread and connection, an empty page cache.)
+            return await store.turn_history(long.id, window, before=EVERY_POSITION)
 
         rows = [
             Row(
