@@ -45,8 +45,14 @@ class Deployment:
         return httpx.Client(base_url=self.nginx.https_url, verify=str(self.nginx.certificate), timeout=30)
 
     def handled_by(self, request_id: str) -> list[int]:
-        """Which instances (0, 1) logged a request with this id."""
-        return [index for index, server in enumerate(self.instances) if f"{request_id} " in server.output()]
+        """Which instances (0, 1) logged a request with this id. A server logs a request once it has
+        answered it, so its line may come a moment after the client has the answer: waited for."""
+        deadline = time.monotonic() + 10
+        while True:
+            found = [index for index, server in enumerate(self.instances) if f"{request_id} " in server.output()]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +176,10 @@ def test_requests_spread_over_both_instances_with_their_request_ids(deployment: 
     assert all(len(where) == 1 for where in handled), handled
     assert {where[0] for where in handled} == {0, 1}, handled
     assert len(deployment.handled_by(made)) == 1
-    assert f"request_id={made}" in deployment.nginx.access_log.read_text()
+    deadline = time.monotonic() + 10  # (nginx, too, writes its line once the request is done)
+    while f"request_id={made}" not in deployment.nginx.access_log.read_text():
+        assert time.monotonic() < deadline, f"nginx never logged request {made}"
+        time.sleep(0.05)
 
 
 def test_a_conversation_started_on_one_instance_continues_on_the_other(deployment: Deployment) -> None:
