@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from parley.store.engine import raw_sqlite_connection
 from parley.store.urls import sqlite_path
 
 # A message as `conversations._for_the_model_at` takes it:
@@ -95,16 +95,8 @@ class SqliteReader:
         return Window(rows, None if state is None else ConversationState(*state))
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA query_only = ON")
-        except BaseException:
-            db.close()
-            raise
-        self._connection = db
-        return db
+        self._connection = raw_sqlite_connection(self._path, "query_only = ON")
+        return self._connection
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from parley.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from parley.store.engine import raw_sqlite_connection
 from parley.store.turn_writes import (
     FINISHED_COLUMNS,
     FinishReply,
@@ -164,17 +164,8 @@ class SqliteApplier:
         return results
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            db.close()
-            raise
-        self._connection = db
-        return db
+        self._connection = raw_sqlite_connection(self._path, "journal_mode = WAL", "synchronous = NORMAL")
+        return self._connection
 
     def _close(self) -> None:
         if self._connection is not None:
