@@ -149,7 +149,6 @@ class ConversationStore:
             closing.push_async_callback(self._engine.dispose)
             if self._windows is not None:
                 closing.push_async_callback(self._windows.aclose)
-            closing.push_async_callback(self._batches.aclose_direct)
             await self._batches.aclose()
 
     async def ping(self) -> None:

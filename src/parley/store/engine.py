@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from parley.store.urls import async_url, sqlite_path
+
+T = TypeVar("T")
 
 # Execution option marking a transaction that will write. On SQLite it begins with BEGIN IMMEDIATE,
 # taking the write lock up front: a deferred transaction that reads and then writes can fail at
@@ -73,14 +78,38 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def raw_sqlite_connection(path: Path, *pragmas: str) -> sqlite3.Connection:
-    """A `sqlite3` connection of the store's own (its writer's, its window reader's), set up as the
-    engine's are (busy timeout, foreign keys), with `pragmas` more; autocommit, for any thread."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        for pragma in (f"busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys = ON", *pragmas):
-            db.execute(f"PRAGMA {pragma}")
-    except BaseException:
-        db.close()
-        raise
-    return db
+class OwnSqliteConnection:
+    """A `sqlite3` connection of the store's own (its writer's, its window reader's) to the file at
+    `path`, set up as the engine's are (busy timeout, foreign keys) with `pragmas` more, made when
+    first used and used only from a thread of its own: a whole piece of work is one thread hop."""
+
+    def __init__(self, path: Path, name: str, *pragmas: str) -> None:
+        self._path = path
+        self._pragmas = (f"busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys = ON", *pragmas)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parley-sqlite-{name}")
+        self._connection: sqlite3.Connection | None = None  # made and used in the thread only
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` done with the connection, in its thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._run, work)
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=True)
+
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            try:
+                for pragma in self._pragmas:
+                    db.execute(f"PRAGMA {pragma}")
+            except BaseException:
+                db.close()
+                raise
+            self._connection = db
+        return work(self._connection)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

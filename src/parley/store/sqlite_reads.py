@@ -8,19 +8,17 @@ and the count agree. JSON columns are decoded as SQLAlchemy's JSON type decodes 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.store.engine import raw_sqlite_connection
+from parley.store.engine import OwnSqliteConnection
 from parley.store.urls import sqlite_path
 
 # A message as `conversations._for_the_model_at` takes it:
@@ -62,9 +60,7 @@ class SqliteReader:
     """Reads of the database file at `path` through a connection of their own, in their own thread."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-sqlite-reader")
-        self._connection: sqlite3.Connection | None = None  # made and used in the thread only
+        self._db = OwnSqliteConnection(path, "reader", "query_only = ON")
 
     async def window(self, conversation_id: str, newest: int | None, before: int, owner: str | None) -> Window:
         """The newest `newest` messages (all with None) before position `before`, with the state."""
@@ -72,36 +68,26 @@ class SqliteReader:
         if owner is not None:
             parameters["owner"] = owner
         statement = _STATEMENTS[owner is not None]
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._read, statement, parameters)
+        return await self._db.run(lambda db: _read(db, statement, parameters))
 
     async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
-        self._thread.shutdown(wait=True)
+        await self._db.aclose()
 
-    def _read(self, statement: str, parameters: dict[str, Any]) -> Window:
-        db = self._connection or self._connect()
-        db.execute("BEGIN")  # one snapshot for both statements
-        try:
-            found = db.execute(statement, parameters).fetchall()
-            state = db.execute(_CONVERSATION_STATE, parameters).fetchone()
-        finally:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")  # (nothing written: it only ends the read)
-        rows: list[WindowRow] = [
-            (position, role, content, _decoded(tool_calls), tool_call_id, status, _decoded(steps))
-            for position, role, content, tool_calls, tool_call_id, status, steps in found
-        ]
-        return Window(rows, None if state is None else ConversationState(*state))
 
-    def _connect(self) -> sqlite3.Connection:
-        self._connection = raw_sqlite_connection(self._path, "query_only = ON")
-        return self._connection
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+def _read(db: sqlite3.Connection, statement: str, parameters: dict[str, Any]) -> Window:
+    db.execute("BEGIN")  # one snapshot for both statements
+    try:
+        found = db.execute(statement, parameters).fetchall()
+        state = db.execute(_CONVERSATION_STATE, parameters).fetchone()
+    finally:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")  # (nothing written: it only ends the read)
+    rows: list[WindowRow] = [
+        (position, role, content, _decoded(tool_calls), tool_call_id, status, _decoded(steps))
+        for position, role, content, tool_calls, tool_call_id, status, steps in found
+    ]
+    return Window(rows, None if state is None else ConversationState(*state))
 
 
 def history_reader(engine: AsyncEngine) -> SqliteReader | None:

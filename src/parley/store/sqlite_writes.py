@@ -14,12 +14,11 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from parley.store.engine import raw_sqlite_connection
+from parley.store.engine import OwnSqliteConnection
 from parley.store.turn_writes import (
     FINISHED_COLUMNS,
     FinishReply,
@@ -134,40 +133,28 @@ class SqliteApplier:
     """The writer's own connection to the database file at `path`, in its own thread."""
 
     def __init__(self, path: Path, lock: asyncio.Lock) -> None:
-        self._path = path
         self._lock = lock  # this server's writers, one at a time
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-sqlite-writer")
-        self._connection: sqlite3.Connection | None = None  # made and used in the thread only
+        self._db = OwnSqliteConnection(path, "writer", "journal_mode = WAL", "synchronous = NORMAL")
 
     def handles(self, kind: type[WriteOp[Any]]) -> bool:
         return kind in _APPLIERS
 
     async def apply(self, kinds: Kinds) -> list[Sequence[Any]]:
         async with self._lock:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._apply, kinds)
+            return await self._db.run(lambda db: _apply(db, kinds))
 
     async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
-        self._thread.shutdown(wait=True)
+        await self._db.aclose()
 
-    def _apply(self, kinds: Kinds) -> list[Sequence[Any]]:
-        db = self._connection or self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            results = [_APPLIERS[kind](db, ops) for kind, ops in kinds]
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
-        return results
 
-    def _connect(self) -> sqlite3.Connection:
-        self._connection = raw_sqlite_connection(self._path, "journal_mode = WAL", "synchronous = NORMAL")
-        return self._connection
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+def _apply(db: sqlite3.Connection, kinds: Kinds) -> list[Sequence[Any]]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        results = [_APPLIERS[kind](db, ops) for kind, ops in kinds]
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return results

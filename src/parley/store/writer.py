@@ -93,17 +93,15 @@ class BatchWriter:
         return self._queue.qsize()
 
     async def aclose(self) -> None:
-        """Apply everything queued, then stop."""
-        if self._task is None:
-            return
-        await self._queue.put(None)
-        await self._task
-        self._task = None
-
-    async def aclose_direct(self) -> None:
-        """Close the direct applier's connection (after `aclose`)."""
-        if self._direct is not None:
-            await self._direct.aclose()
+        """Apply everything queued, then stop (and close the direct applier's connection)."""
+        try:
+            if self._task is not None:
+                await self._queue.put(None)
+                await self._task
+                self._task = None
+        finally:
+            if self._direct is not None:
+                await self._direct.aclose()
 
     async def _run(self) -> None:
         while True:
