@@ -16,6 +16,9 @@ instance is timed to its first event (p50, p99).
 Target: the Redis log costs under 15% of the no-log throughput at 64 streams.
 
     uv run python bench/resume.py [--streams 64] [--duration 2] [--repeat 3] [--resumes 200]
+
+With `--baseline DIR` (the `src` folder of another checkout) two more servers run that code, one
+with its logs in memory and one in the same Redis, measured in the same interleaved windows.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="windows per case, best kept (default 3)")
     parser.add_argument("--resumes", type=int, default=200, help="runs resumed for the latency (default 200)")
     parser.add_argument("--chunks", type=int, default=48, help="content chunks per reply (default 48)")
+    parser.add_argument("--baseline", type=Path, help="another checkout's src/ to measure side by side")
     args = parser.parse_args()
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -124,6 +128,22 @@ def main() -> int:
                 ("no log (Redis server)", chat_request(redis_url, "cancel"), redis_pid),
                 ("Redis log", chat_request(redis_url, "continue"), redis_pid),
             ]
+            if args.baseline is not None:
+                base_dirs = folder / "base-memory", folder / "base-redis"
+                _, base_memory_pid = base_memory = stack.enter_context(
+                    parley_server(upstream_port, base_dirs[0], args.baseline)
+                )
+                _, base_redis_pid = base_redis = stack.enter_context(
+                    parley_server(upstream_port, base_dirs[1], args.baseline, settings=shared)
+                )
+                base_memory_url = f"http://127.0.0.1:{base_memory[0]}"
+                base_redis_url = f"http://127.0.0.1:{base_redis[0]}"
+                cases += [
+                    ("base: no log (memory)", chat_request(base_memory_url, "cancel"), base_memory_pid),
+                    ("base: memory log", chat_request(base_memory_url, "continue"), base_memory_pid),
+                    ("base: no log (Redis)", chat_request(base_redis_url, "cancel"), base_redis_pid),
+                    ("base: Redis log", chat_request(base_redis_url, "continue"), base_redis_pid),
+                ]
             best = asyncio.run(measure(cases, args))
             latencies = asyncio.run(resume_latencies(redis_url, f"http://127.0.0.1:{other_port}", args.resumes))
     finally:
@@ -136,7 +156,12 @@ def main() -> int:
         f"{args.duration:g}s windows; load average {load_average()} on {os.cpu_count()} CPUs (shared)"
     )
     print(f"{'case':<26} {'req/s':>8} {'CPU ms/req':>11} {'cost vs no log':>15}")
-    baselines = {"memory log": "no log (memory server)", "Redis log": "no log (Redis server)"}
+    baselines = {
+        "memory log": "no log (memory server)",
+        "Redis log": "no log (Redis server)",
+        "base: memory log": "base: no log (memory)",
+        "base: Redis log": "base: no log (Redis)",
+    }
     for name, result in best.items():
         cpu = f"{result.cpu_ms_per_request:.2f}" if result.cpu_ms_per_request is not None else "n/a"
         base = best.get(baselines.get(name, ""))

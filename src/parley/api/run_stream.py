@@ -15,10 +15,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from parley.api.chat_events import ChatEvents, NamedEvent
+from parley.api.streaming import RunSSEResponse
 from parley.errors import ParleyError, as_parley_error
 from parley.events import EventBatch, ReasoningDelta, TextDelta
 from parley.logs import current_request_id
-from parley.runs import LoggedEvent, NamedBytes
+from parley.runs import LoggedEvent, LoggedRun, NamedBytes, RunHub
 
 log = logging.getLogger("parley.stream")
 
@@ -58,8 +59,13 @@ class LoggedChatEvents:
 
 
 def sse_frame(event: LoggedEvent) -> bytes:
-    seq, name, data = event
-    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (seq, name, data)
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % event
+
+
+def sse_frames(first_seq: int, events: list[NamedBytes]) -> bytes:
+    """Events numbered from `first_seq`, as one write."""
+    frame = b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n"
+    return b"".join([frame % (seq, name, data) for seq, (name, data) in enumerate(events, first_seq)])
 
 
 def sse_error(error: ParleyError) -> bytes:
@@ -124,3 +130,45 @@ class LoggedSSEResponse(Response):
                     await self._events.aclose()
         if not gone:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+class SurvivingSSEResponse(RunSSEResponse):
+    """The stream of the request that starts a run which outlives its connection.
+
+    The request drives the run itself, as a reply that doesn't survive is driven (no task of its
+    own, nothing read back from the log): each batch is logged and sent on by the same code. The
+    client leaving stops only the sending; the run goes on in this request's task, and other
+    readers follow the log. As on the direct path, a client that stops reading holds its run back
+    once the socket's buffers are full (a reply seldom fills them)."""
+
+    def __init__(self, hub: RunHub, logged: LoggedRun, ping_seconds: float) -> None:
+        super().__init__(logged.run, ping_seconds)
+        self._hub = hub
+        self._logged = logged
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _write_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending = sse_frames(1, self._logged.opening)
+        if not self._run.head_ready:  # the model has yet to answer: the opening goes out now
+            await self._write(self._pending, loop)
+            self._pending = b""
+        await self._hub.drive(self._logged, self._sink)
+
+    async def _sink(self, first_seq: int, events: list[NamedBytes], ends_reply: bool) -> None:
+        data = self._pending + sse_frames(first_seq, events)
+        if ends_reply:  # sent with the closing events, in the body's last write
+            self._pending = data
+            return
+        self._pending = b""
+        assert self._loop is not None
+        await self._write(data, self._loop)
+
+    def _ending(self) -> bytes:
+        return b""  # (the closing events, or the error, came through the sink)
+
+    def _bind_stop(self, reading: anyio.CancelScope) -> None:
+        pass  # the run's stop is the hub's (bound when it began): a cancel from any instance
+
+    def _client_left(self, reading: anyio.CancelScope) -> None:
+        pass  # the run goes on

@@ -16,7 +16,7 @@ from parley.access.principal import principal_of
 from parley.api.chat_events import ChatEvents
 from parley.api.deps import RunHubDep
 from parley.api.input_limits import CheckedJSONRoute
-from parley.api.run_stream import LoggedChatEvents, LoggedSSEResponse
+from parley.api.run_stream import LoggedChatEvents, LoggedSSEResponse, SurvivingSSEResponse
 from parley.api.streaming import close_run
 from parley.chat.turns import Turn
 from parley.config import Settings
@@ -143,18 +143,13 @@ async def stream_surviving(
     try:
         turn = await start()
         try:
+            # (A client that leaves meanwhile doesn't stop the reply: the conversation's `active_run` names it.)
             await turn.run.wait_for_head(settings.stream_head_wait_seconds)
-            gone = await request.is_disconnected()
         except BaseException:
             await close_run(turn.run)
             raise
-        if gone:  # left before the stream began: it never learned the run, so nobody could resume it
-            await close_run(turn.run)
-            if claim is not None:
-                await hub.idempotency.release(claim)
-            return Response(status_code=204)
         encoder = LoggedChatEvents(ChatEvents(turn, settings.tools.client_result_chars))
-        await hub.start_run(
+        logged = await hub.begin(
             turn.run, encoder, owner=owner, conversation_id=turn.conversation_id, message_id=turn.message_id
         )
     except BaseException:
@@ -162,8 +157,12 @@ async def stream_surviving(
             await hub.idempotency.release(claim)
         raise
     if claim is not None:
-        await hub.idempotency.settle(claim, request_digest, turn.run.id)
-    return LoggedSSEResponse(hub.read(turn.run.id, 0), settings.sse_ping_seconds)
+        try:
+            await hub.idempotency.settle(claim, request_digest, turn.run.id)
+        except BaseException:
+            await hub.abandon(logged)
+            raise
+    return SurvivingSSEResponse(hub, logged, settings.sse_ping_seconds)
 
 
 def digest_of(body: BaseModel) -> str:

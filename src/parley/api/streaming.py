@@ -55,7 +55,7 @@ async def stream_run(settings: Settings, run: Run, wire: StreamFormat) -> SSERes
     return SSEResponse(run, wire, ping_seconds=settings.sse_ping_seconds)
 
 
-class SSEResponse(Response):
+class RunSSEResponse(Response):
     """A `text/event-stream` of a run's events: one write per batch of events, as they come.
 
     Written here rather than using sse-starlette's EventSourceResponse, for cost: that one sends
@@ -74,14 +74,13 @@ class SSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, run: Run, wire: StreamFormat, ping_seconds: float) -> None:
+    def __init__(self, run: Run, ping_seconds: float) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers(
             {"Cache-Control": "no-cache, no-transform", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
         )
         self._run = run
-        self._wire = wire
         self._ping_seconds = ping_seconds
         self._send: Send | None = None
         self._last_sent = 0.0
@@ -102,7 +101,7 @@ class SSEResponse(Response):
         # the shielded close of the run (close_run) that follows. The client leaving cancels it,
         # and so does the run being ended from outside (the server stopping: stop_with).
         reading = anyio.CancelScope()
-        self._run.bind_stop(reading.cancel)
+        self._bind_stop(reading)
         watcher = loop.create_task(self._watch_disconnect(receive, reading), name="sse-disconnect")
         try:
             with reading:
@@ -116,6 +115,60 @@ class SSEResponse(Response):
             await close_run(self._run)  # the reply is saved here, before its last events go out
         if not self._gone:
             await send({"type": "http.response.body", "body": self._pending + self._ending(), "more_body": False})
+
+    async def _write_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write the run's events as they come, keeping back in `_pending` what ends the reply."""
+        raise NotImplementedError
+
+    def _ending(self) -> bytes:
+        """What the body's last write adds to `_pending`."""
+        raise NotImplementedError
+
+    def _bind_stop(self, reading: anyio.CancelScope) -> None:
+        """How the run is ended from outside: by cancelling this response's reading of it."""
+        self._run.bind_stop(reading.cancel)
+
+    async def _write(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._send is not None
+        if self._gone:
+            return
+        self._writing = True
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self._writing = False
+        self._last_sent = loop.time()
+
+    def _ping_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A ping after `ping_seconds` without a write; one timer, re-armed, not one per write."""
+        if self._gone:
+            return
+        quiet = loop.time() - self._last_sent
+        if quiet >= self._ping_seconds and not self._writing and (self._pinging is None or self._pinging.done()):
+            self._pinging = loop.create_task(self._ping(loop), name="sse-ping")
+            quiet = 0.0
+        self._ping_timer_handle = loop.call_later(self._ping_seconds - quiet, self._ping_timer, loop)
+
+    async def _ping(self, loop: asyncio.AbstractEventLoop) -> None:
+        await self._write(f": ping - {datetime.now(UTC)}\r\n\r\n".encode(), loop)
+
+    async def _watch_disconnect(self, receive: Receive, reading: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        self._client_left(reading)
+
+    def _client_left(self, reading: anyio.CancelScope) -> None:
+        """The OpenAI habit: a client that leaves cancels its reply."""
+        reading.cancel()
+
+
+class SSEResponse(RunSSEResponse):
+    """A run's events in a wire format of the transport's (`StreamFormat`), read from the run itself."""
+
+    def __init__(self, run: Run, wire: StreamFormat, ping_seconds: float) -> None:
+        super().__init__(run, ping_seconds)
+        self._wire = wire
 
     def _ending(self) -> bytes:
         """The closing events, or the error that ended the run (or that kept its reply from being saved)."""
@@ -144,32 +197,6 @@ class SSEResponse(Response):
             self._failure = as_parley_error(exc)
             if not isinstance(exc, ParleyError):
                 log.exception("%s run %s failed", current_request_id(), self._run.id)
-
-    async def _write(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._send is not None
-        self._writing = True
-        try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        finally:
-            self._writing = False
-        self._last_sent = loop.time()
-
-    def _ping_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A ping after `ping_seconds` without a write; one timer, re-armed, not one per write."""
-        quiet = loop.time() - self._last_sent
-        if quiet >= self._ping_seconds and not self._writing and (self._pinging is None or self._pinging.done()):
-            self._pinging = loop.create_task(self._ping(loop), name="sse-ping")
-            quiet = 0.0
-        self._ping_timer_handle = loop.call_later(self._ping_seconds - quiet, self._ping_timer, loop)
-
-    async def _ping(self, loop: asyncio.AbstractEventLoop) -> None:
-        await self._write(f": ping - {datetime.now(UTC)}\r\n\r\n".encode(), loop)
-
-    async def _watch_disconnect(self, receive: Receive, reading: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        reading.cancel()
 
 
 async def collect_unless_disconnected(run: Run, receive: Receive) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 import redis.asyncio as redis
@@ -20,11 +20,11 @@ from redis.exceptions import RedisError
 
 from parley.chat.run import Run
 from parley.errors import ParleyError, as_parley_error
-from parley.events import EventBatch
+from parley.events import EventBatch, Finish
 from parley.ids import unique_hex
 from parley.runs.cancel_bus import CancelBus
 from parley.runs.idempotency import Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore
-from parley.runs.memory_log import MemoryRunLogs
+from parley.runs.memory_log import EventBuffer, MemoryRunLogs, NamedBytes
 from parley.runs.records import (
     LoggedEvent,
     RunExpired,
@@ -37,7 +37,6 @@ from parley.runs.redis_log import RedisRunLogs
 
 log = logging.getLogger("parley.runs")
 
-NamedBytes = tuple[bytes, bytes]  # an event's name and JSON payload, before it has a number
 _CANCEL_WAIT_SECONDS = 10.0
 _CANCEL_POLL_SECONDS = 0.05  # how often a cancel looks whether the run it stopped has ended
 
@@ -71,7 +70,7 @@ class RunHub:
         self._client = client
         self._bus = None if client is None else CancelBus(client, prefix, self.stop_local)
         self._stops: dict[str, anyio.CancelScope] = {}
-        self._drivers: set[asyncio.Task[None]] = set()
+        self._drivers: set[asyncio.Task[Any]] = set()  # the tasks driving runs here
 
     async def start(self) -> None:
         if self._shared is not None:
@@ -92,68 +91,101 @@ class RunHub:
         if self._client is not None:
             await self._client.aclose()
 
-    async def start_run(
+    async def begin(
         self, run: Run, encoder: RunEncoder, *, owner: str | None, conversation_id: str, message_id: str
-    ) -> RunRecord:
-        """Log the run's opening events and drive it to its end in a task of its own."""
+    ) -> LoggedRun:
+        """Make the run known (on every instance, with Redis) and log its opening events; `drive` it next."""
         record = RunRecord(run.id, owner, conversation_id, message_id, self.instance)
-        self._local.begin(record)
-        numbering = _Numbering()
+        buffer = self._local.begin(record)
         stop = anyio.CancelScope()
         run.bind_stop(stop.cancel)
         self._stops[run.id] = stop
+        logged = LoggedRun(run, record, encoder, buffer, stop, encoder.opening())
         try:
             if self._shared is not None:
                 try:
                     await self._shared.begin(record)
                 except (RedisError, OSError) as exc:
                     raise RunLogUnavailable(str(exc)) from exc
-            self._append(run.id, numbering(encoder.opening()))
+            self._append(logged, logged.opening)
         except BaseException:
             self._stops.pop(run.id, None)
             with anyio.CancelScope(shield=True):
                 await run.aclose()
             self._local.end(run.id, "failed")
             if self._shared is not None:
-                self._shared.end(record, "failed", numbering.last)
+                self._shared.end(record, "failed", buffer.last_seq)
             raise
-        task = asyncio.get_running_loop().create_task(self._drive(run, encoder, numbering, stop), name="run-driver")
-        self._drivers.add(task)
-        task.add_done_callback(self._drivers.discard)
-        return record
+        return logged
 
-    async def _drive(self, run: Run, encoder: RunEncoder, numbering: _Numbering, stop: anyio.CancelScope) -> None:
+    async def start_run(
+        self, run: Run, encoder: RunEncoder, *, owner: str | None, conversation_id: str, message_id: str
+    ) -> RunRecord:
+        """Begin the run and drive it to its end in a task of its own (its readers read the log)."""
+        logged = await self.begin(run, encoder, owner=owner, conversation_id=conversation_id, message_id=message_id)
+        asyncio.get_running_loop().create_task(self.drive(logged), name="run-driver")
+        return logged.record
+
+    async def drive(self, logged: LoggedRun, sink: EventSink | None = None) -> None:
+        """Run to its end, logging each batch's events and handing them to `sink` as well (the
+        request that started the run sends them straight on, without reading them back from the log).
+
+        The run stops only by itself, by `stop_local` (a cancel from any instance) or `stop_with` (the
+        server stopping), or by the task driving it being cancelled; never because a sink's client left.
+        """
+        run, encoder = logged.run, logged.encoder
+        task = asyncio.current_task()
+        assert task is not None
+        self._drivers.add(task)
         failure: ParleyError | None = None
         try:
-            with stop:
+            with logged.stop:
                 async with contextlib.aclosing(run.batches()) as batches:
                     async for batch in batches:
                         events = encoder.encode(batch)
                         if events:
-                            self._append(run.id, numbering(events))
+                            first = self._append(logged, events)
+                            if sink is not None:
+                                await sink(first, events, type(batch[-1]) is Finish)
         except Exception as exc:
             failure = as_parley_error(exc)
             if not isinstance(exc, ParleyError):
                 log.error("run %s failed", run.id, exc_info=exc)
         finally:
             self._stops.pop(run.id, None)
-            with anyio.CancelScope(shield=True):
-                await run.aclose()  # the reply is saved here, before its last events are logged
-        failure = failure or run.interruption or run.end_failure
-        state = run.outcome or "cancelled"
-        self._append(run.id, numbering(encoder.closing() if failure is None else encoder.error(failure)))
-        self._local.end(run.id, state)
-        if self._shared is not None:
-            record = self._local.record(run.id)
-            assert record is not None
-            self._shared.end(record, state, numbering.last)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await run.aclose()  # the reply is saved here, before its last events are logged
+            finally:
+                first, ending = self._end(logged, failure or run.interruption or run.end_failure)
+                self._drivers.discard(task)
+        if sink is not None:
+            await sink(first, ending, True)
 
-    def _append(self, run_id: str, events: Sequence[LoggedEvent]) -> None:
-        if not events:
-            return
-        self._local.append(run_id, events)
+    async def abandon(self, logged: LoggedRun) -> None:
+        """End a begun run that nobody will drive, as cancelled (its log and its reply say so)."""
+        logged.stop.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.drive(logged)
+
+    def _end(self, logged: LoggedRun, failure: ParleyError | None) -> tuple[int, list[NamedBytes]]:
+        """Log the run's last events (its closing ones, or the error that ended it) and its end;
+        those events, and the first one's seq."""
+        encoder = logged.encoder
+        ending = encoder.closing() if failure is None else encoder.error(failure)
+        first = self._append(logged, ending)
+        state = logged.run.outcome or "cancelled"
+        self._local.end(logged.run.id, state)
         if self._shared is not None:
-            self._shared.append(run_id, events)
+            self._shared.end(logged.record, state, logged.buffer.last_seq)
+        return first, ending
+
+    def _append(self, logged: LoggedRun, events: list[NamedBytes]) -> int:
+        """Log events after the run's others; the first one's seq."""
+        first = logged.buffer.extend(events)
+        if self._shared is not None and events:
+            self._shared.append(logged.run.id, first, events)
+        return first
 
     def stop_local(self, run_id: str) -> bool:
         """Stop `run_id` if this instance runs it (it ends as cancelled); whether it did."""
@@ -229,17 +261,22 @@ class RunHub:
         return record if record is not None and record.state == "running" and record.alive else None
 
 
-class _Numbering:
-    """Gives a run's events their sequence numbers: 1, 2, 3 … with no gaps."""
+EventSink = Callable[[int, list[NamedBytes], bool], Awaitable[None]]
+"""Takes a run's newly logged events (the first one's seq, the events), and whether they end the
+reply (its closing events, or a batch that ends with the model's finish): a sink may hold those
+back to send with what follows."""
 
-    def __init__(self) -> None:
-        self.last = 0
 
-    def __call__(self, events: list[NamedBytes]) -> list[LoggedEvent]:
-        first = self.last + 1
-        self.last += len(events)
-        # (seq,) + (name, data) for each, in C: a third of a comprehension's cost, on every batch.
-        return list(map(operator.add, zip(range(first, self.last + 1)), events))
+@dataclass(frozen=True, slots=True)
+class LoggedRun:
+    """A run made known by `RunHub.begin`, with what its driver needs."""
+
+    run: Run
+    record: RunRecord
+    encoder: RunEncoder
+    buffer: EventBuffer  # its log in this process: an event's seq is its place there
+    stop: anyio.CancelScope
+    opening: list[NamedBytes]  # its first events (seq 1 on)
 
 
 def new_instance_id() -> str:

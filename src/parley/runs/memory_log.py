@@ -10,6 +10,8 @@ from dataclasses import replace
 
 from parley.runs.records import LoggedEvent, RunRecord, RunReference, RunState
 
+NamedBytes = tuple[bytes, bytes]  # an event's name and JSON payload; its seq is its place in the log
+
 IDLE_SECONDS = 1.0  # a reader is handed an empty batch after this much silence (time for a ping)
 REFERENCES_KEPT = 10_000  # finished runs remembered (for a 410) after their events are dropped
 
@@ -19,16 +21,20 @@ class EventBuffer:
 
     def __init__(self, record: RunRecord) -> None:
         self.record = record
-        self.events: list[LoggedEvent] = []
+        self.events: list[NamedBytes] = []  # the event with seq N is events[N - 1]
         # Each waiting reader's own future and when it began waiting: resolved True by a change,
         # False once it has waited IDLE_SECONDS. One idle timer for them all, armed only while
         # someone waits and moved lazily (a timer per wait showed in a streamed request's profile).
         self._waiters: list[tuple[asyncio.Future[bool], float]] = []
         self._idle_timer: asyncio.TimerHandle | None = None
 
-    def extend(self, events: Sequence[LoggedEvent]) -> None:
+    def extend(self, events: Sequence[NamedBytes]) -> int:
+        """Add events after the others; the first one's seq."""
+        first = len(self.events) + 1
         self.events.extend(events)
-        self._wake()
+        if self._waiters:
+            self._wake()
+        return first
 
     def end(self, state: RunState) -> None:
         self.record = replace(self.record, state=state, last_seq=len(self.events))
@@ -80,8 +86,8 @@ class EventBuffer:
         while True:
             if index < len(self.events):
                 chunk = self.events[index:]
+                yield [(seq, name, data) for seq, (name, data) in enumerate(chunk, index + 1)]
                 index += len(chunk)
-                yield chunk
                 continue
             if self.record.state != "running":
                 return
@@ -107,9 +113,6 @@ class MemoryRunLogs:
         while len(self._references) > REFERENCES_KEPT:
             self._references.popitem(last=False)
         return buffer
-
-    def append(self, run_id: str, events: Sequence[LoggedEvent]) -> None:
-        self._buffers[run_id].extend(events)
 
     def end(self, run_id: str, state: RunState) -> None:
         buffer = self._buffers[run_id]

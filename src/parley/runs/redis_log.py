@@ -9,7 +9,7 @@ Keys (under the configured prefix `P`):
 - `P:conv:C:active`, the run in progress in conversation C.
 - `P:instance:I`, the lease of a live instance, refreshed while it runs: a running run whose
   instance's lease is gone is not resumable (its instance died; nothing generates it again).
-Appends don't wait for Redis: every run's pending batches go out together in one pipeline, the
+Appends don't wait for Redis: every run's pending writes go out together in one script call, the
 next one as soon as the previous answered, so at 64 streams a round trip carries many batches.
 Running runs' keys expire after a day at most; ended ones `keep_seconds` after they ended.
 """
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from parley.runs.memory_log import NamedBytes
 from parley.runs.records import LoggedEvent, RunNotResumable, RunRecord, RunReference, RunState
 
 log = logging.getLogger("parley.runs")
@@ -37,29 +37,51 @@ _LEASE_REFRESH_SECONDS = 2.0
 _RUNNING_TTL_SECONDS = 86_400  # a running run's keys, should its instance never end it
 _IDLE_MS = 1000
 _COALESCE_SECONDS = 0.002
-_END_ID = b"1-0"
+_END_ID = b"1-0"  # the end entry's id: after every event's (`0-SEQ`)
 _XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
-# A run's beginning and its end, each one script call (and one command of the pipeline) instead of
-# four and five: at 64 streams, commands were most of what keeping a log in Redis cost.
-# KEYS: the run's hash, the conversation's active run, the run's reference. ARGV: owner (JSON),
-# conversation, message, instance, seconds a running run's keys live, run id, reference (JSON), its ms.
-_BEGIN = """
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'conversation_id', ARGV[2], 'message_id', ARGV[3],
-  'instance', ARGV[4], 'state', 'running', 'last_seq', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[5])
-redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8])
-return 1
-"""
-# KEYS: the run's events, its hash, the conversation's active run. ARGV: the end entry's id, the
-# state, the last seq, ms the ended run is kept, the run id (the active run is cleared if it's this one).
-_END = """
-redis.call('XADD', KEYS[1], ARGV[1], 'f', 0, 'e', ARGV[2])
-redis.call('HSET', KEYS[2], 'state', ARGV[2], 'last_seq', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
-return 1
+# Everything queued since the last call, in one script call: at 64 streams, a command per run's
+# batch (and four or five per begin and end) was most of what keeping a log in Redis cost, on
+# both sides. ARGV: prefix, seconds a running run's keys live, ms a reference is kept, ms an ended
+# run is kept, this instance; then operations, in order, each a tag and its values:
+#   b run owner(JSON) conversation message reference(JSON)     a run began
+#   a run first_seq last_seq packed                            its events (expire set with the first)
+#   e run conversation state last_seq                          it ended (the end entry, `1-0`)
+# Keys are made in the script from the prefix (as the limits' scripts do): one Redis, not a cluster.
+# An operation that fails (pcall) doesn't stop the others; the script answers how many failed.
+_WRITE = """
+local p, ttl, ref_ms, keep_ms, instance = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local failed, i = 0, 6
+local function call(...)
+  local ok = redis.pcall(...)
+  if type(ok) == 'table' and ok.err then failed = failed + 1 end
+  return ok
+end
+while i <= #ARGV do
+  local op, run = ARGV[i], ARGV[i + 1]
+  local events = p .. ':run:' .. run .. ':events'
+  if op == 'a' then
+    call('XADD', events, '0-' .. ARGV[i + 3], 'f', ARGV[i + 2], 'e', ARGV[i + 4])
+    if ARGV[i + 2] == '1' then call('EXPIRE', events, ttl) end
+    i = i + 5
+  elseif op == 'b' then
+    local hash = p .. ':run:' .. run
+    call('HSET', hash, 'owner', ARGV[i + 2], 'conversation_id', ARGV[i + 3], 'message_id', ARGV[i + 4],
+      'instance', instance, 'state', 'running', 'last_seq', 0)
+    call('EXPIRE', hash, ttl)
+    call('SET', p .. ':conv:' .. ARGV[i + 3] .. ':active', run, 'EX', ttl)
+    call('SET', p .. ':runref:' .. run, ARGV[i + 5], 'PX', ref_ms)
+    i = i + 6
+  else
+    local hash, active = p .. ':run:' .. run, p .. ':conv:' .. ARGV[i + 2] .. ':active'
+    call('XADD', events, '1-0', 'f', 0, 'e', ARGV[i + 3])
+    call('HSET', hash, 'state', ARGV[i + 3], 'last_seq', ARGV[i + 4])
+    call('PEXPIRE', events, keep_ms)
+    call('PEXPIRE', hash, keep_ms)
+    if redis.call('GET', active) == run then redis.call('DEL', active) end
+    i = i + 5
+  end
+end
+return failed
 """
 
 
@@ -75,7 +97,8 @@ class _Begin:
 @dataclass(frozen=True, slots=True)
 class _Append:
     run_id: str
-    events: Sequence[LoggedEvent]
+    first_seq: int
+    events: Sequence[NamedBytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +128,7 @@ class RedisRunLogs:
         self._pending: list[_Write] = []
         self._flushing: asyncio.Task[None] | None = None
         self._pending_done: asyncio.Future[None] | None = None
+        self._write = client.register_script(_WRITE)  # an EVALSHA (loaded again if Redis lost it)
 
     def _run(self, run_id: str) -> str:
         return f"{self._prefix}:run:{run_id}"
@@ -140,19 +164,19 @@ class RedisRunLogs:
                 await self._client.delete(self._instance(self.instance))
 
     async def begin(self, record: RunRecord) -> None:
-        """Write the run's record with the next pipeline, and wait for it: once its client learns the
+        """Write the run's record with the next script call, and wait for it: once its client learns the
         run's id, every instance knows the run."""
         await asyncio.shield(self._queue(_Begin(record)))
 
-    def append(self, run_id: str, events: Sequence[LoggedEvent]) -> None:
-        self._queue(_Append(run_id, events))
+    def append(self, run_id: str, first_seq: int, events: Sequence[NamedBytes]) -> None:
+        self._queue(_Append(run_id, first_seq, events))
 
     def end(self, record: RunRecord, state: RunState, last_seq: int) -> None:
         self._queue(_End(record, state, last_seq))
 
     def _queue(self, write: _Write) -> asyncio.Future[None]:
-        """Queue a write for the next pipeline (started now if none is under way); the future of that
-        pipeline's end."""
+        """Queue a write for the next script call (started now if none is under way); the future of that
+        call's end."""
         loop = asyncio.get_running_loop()
         self._pending.append(write)
         if self._pending_done is None:
@@ -164,15 +188,15 @@ class RedisRunLogs:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                # Writes queued meanwhile join this pipeline: under load, a run's batches of the
+                # Writes queued meanwhile join this call: under load, a run's batches of the
                 # last few milliseconds become one stream entry (a resume waits that much longer).
                 await asyncio.sleep(_COALESCE_SECONDS)
                 pending, self._pending = self._pending, []
                 done, self._pending_done = self._pending_done, None
                 try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        self._write_all(pipe, pending)
-                        await pipe.execute()
+                    failed = await self._write(args=self._script_args(pending))
+                    if failed:
+                        log.error("%d writes of run logs were refused by Redis", failed)
                 except (RedisError, OSError) as exc:
                     runs = sorted({write.run_id for write in pending})
                     log.error("the logs of runs %s could not be written to Redis: %s", ", ".join(runs), exc)
@@ -184,52 +208,30 @@ class RedisRunLogs:
         finally:
             self._flushing = None
 
-    def _write_all(self, pipe: Pipeline, pending: list[_Write]) -> None:
-        """One pipeline for everything queued: a run's batches merged into one stream entry, each
-        run's writes in order (its begin, its events, its end)."""
-        batches: dict[str, list[LoggedEvent]] = {}
+    def _script_args(self, pending: list[_Write]) -> list[bytes | str | int]:
+        """The write script's arguments for everything queued: a run's batches merged into one stream
+        entry, each run's writes in order (its begin, its events, its end)."""
+        args: list[bytes | str | int] = [
+            self._prefix,
+            _RUNNING_TTL_SECONDS,
+            self._reference_ms,
+            self._keep_ms,
+            self.instance,
+        ]
+        batches: dict[str, tuple[int, list[NamedBytes]]] = {}  # a run's first seq here, and its events
         for write in pending:
             if isinstance(write, _Append):
-                batches.setdefault(write.run_id, []).extend(write.events)
+                batches.setdefault(write.run_id, (write.first_seq, []))[1].extend(write.events)
             elif isinstance(write, _Begin):
-                self._write_begin(pipe, write.record)
+                args += _begin_args(write.record)
             else:
-                events = batches.pop(write.run_id, None)
-                if events:
-                    self._write_events(pipe, write.run_id, events)
-                self._write_end(pipe, write)
-        for run_id, events in batches.items():
-            self._write_events(pipe, run_id, events)
-
-    def _write_begin(self, pipe: Pipeline, record: RunRecord) -> None:
-        run_id = record.run_id
-        reference = {"owner": record.owner, "conversation_id": record.conversation_id, "message_id": record.message_id}
-        keys = (self._run(run_id), self._active(record.conversation_id), f"{self._prefix}:runref:{run_id}")
-        pipe.eval(
-            _BEGIN,
-            len(keys),
-            *keys,
-            json.dumps(record.owner),
-            record.conversation_id,
-            record.message_id,
-            record.instance,
-            _RUNNING_TTL_SECONDS,
-            run_id,
-            json.dumps(reference),
-            self._reference_ms,
-        )
-
-    def _write_events(self, pipe: Pipeline, run_id: str, events: list[LoggedEvent]) -> None:
-        key = self._events(run_id)
-        packed = b"\n".join(b"%s %s" % (name, data) for _, name, data in events)
-        pipe.xadd(key, {b"f": events[0][0], b"e": packed}, id=f"0-{events[-1][0]}")
-        if events[0][0] == 1:
-            pipe.expire(key, _RUNNING_TTL_SECONDS)
-
-    def _write_end(self, pipe: Pipeline, end: _End) -> None:
-        run_id = end.run_id
-        keys = (self._events(run_id), self._run(run_id), self._active(end.record.conversation_id))
-        pipe.eval(_END, len(keys), *keys, _END_ID, end.state, end.last_seq, self._keep_ms, run_id)
+                merged = batches.pop(write.run_id, None)
+                if merged is not None:
+                    args += _append_args(write.run_id, *merged)
+                args += (b"e", write.run_id, write.record.conversation_id, write.state, write.last_seq)
+        for run_id, merged in batches.items():
+            args += _append_args(run_id, *merged)
+        return args
 
     async def _written(self) -> None:
         """Wait until every queued write has gone out (or failed)."""
@@ -301,3 +303,14 @@ class RedisRunLogs:
             if not record.alive:
                 raise RunNotResumable(record)
             yield []
+
+
+def _append_args(run_id: str, first_seq: int, events: list[NamedBytes]) -> tuple[bytes | str | int, ...]:
+    packed = b"\n".join([b"%s %s" % event for event in events])
+    return b"a", run_id, first_seq, first_seq + len(events) - 1, packed
+
+
+def _begin_args(record: RunRecord) -> tuple[bytes | str | int, ...]:
+    owner, conversation, message = record.owner, record.conversation_id, record.message_id
+    reference = json.dumps({"owner": owner, "conversation_id": conversation, "message_id": message})
+    return b"b", record.run_id, json.dumps(owner), conversation, message, reference
