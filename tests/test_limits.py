@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from parley.access.limit_counters import LocalCounters
+from parley.access.limit_counters import Counters, LocalCounters
+from parley.access.limit_leases import LeasedCounters
 from parley.access.limit_redis import RedisCounters
 from parley.access.limits import LimitGate
 from parley.access.principal import KeyLimits, Principal
@@ -24,7 +25,7 @@ from parley.models.base import ChatMessage, ChatRequest, GenerationParams
 from parley.models.registry import ModelRegistry, ModelState
 from tests.support.redis import REDIS_URL, connected, redis_prefix
 
-BACKENDS = ("in-process", "redis")
+BACKENDS = ("in-process", "redis", "redis-leased")
 Instances = Callable[..., Awaitable[list[ChatService]]]
 
 
@@ -56,11 +57,11 @@ async def instances(request: pytest.FixtureRequest) -> AsyncIterator[Instances]:
             local = LocalCounters()
             services = []
             for _ in range(count):
-                counters = (
-                    local
-                    if request.param == "in-process"
-                    else RedisCounters(await connected(REDIS_URL), prefix, lease_seconds=lease)
-                )
+                counters: Counters = local
+                if request.param != "in-process":
+                    counters = RedisCounters(await connected(REDIS_URL), prefix, lease_seconds=lease)
+                if request.param == "redis-leased":  # as servers run: leases where a limit is far off
+                    counters = LeasedCounters(counters)
                 gate = LimitGate(counters, limits, reserve_tokens=1000)
                 gates.append(gate)
                 registry = ModelRegistry(configs)

@@ -54,6 +54,9 @@ class Ask:
     month: str
     until_next_day: float  # seconds
     until_next_month: float
+    requests: int = 1  # (more for a lease: requests an instance takes at once, to grant them itself)
+    # Granted only where a limit has room for this many times the ask (a lease: only far from a limit).
+    headroom: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ class LocalCounters:
         for index, scope in enumerate(ask.scopes):
             limits, name = scope.limits, scope.name
             rates: tuple[tuple[str, int | None, int, list[int | None], Refusal], ...] = (
-                ("req", limits.requests_per_minute, 1, requests_left, "rate_limit_requests"),
+                ("req", limits.requests_per_minute, ask.requests, requests_left, "rate_limit_requests"),
                 ("tok", limits.tokens_per_minute, ask.tokens, tokens_left, "rate_limit_tokens"),
             )
             for kind, limit, cost, left, code in rates:
@@ -135,7 +138,7 @@ class LocalCounters:
                 before, now_count = previous.get(f"{kind}:{name}", 0), current.get(f"{kind}:{name}", 0)
                 used = before * (1 - elapsed) + now_count
                 left.append(max(0, math.floor(limit - used)))
-                if refusal is None and used + cost > limit:
+                if refusal is None and used + cost * ask.headroom > limit:
                     refusal = (code, index, wait_for(before, now_count, limit, cost, elapsed))
             if refusal is None and limits.max_streams is not None and self._streams.get(name, 0) >= limits.max_streams:
                 refusal = ("too_many_streams", index, 1.0)
@@ -145,7 +148,7 @@ class LocalCounters:
             )
             for kind, budget, label, until, code in budgets:
                 spent = self._budgets.get(f"{kind}:{name}:{label}", 0)
-                if refusal is None and budget is not None and spent + ask.tokens > budget:
+                if refusal is None and budget is not None and spent + ask.tokens * ask.headroom > budget:
                     refusal = (code, index, NEVER if ask.tokens > budget else until)
         reset = (1 - elapsed) * WINDOW_SECONDS
         if refusal is not None:
@@ -159,14 +162,14 @@ class LocalCounters:
             0.0,
             window,
             reset,
-            tuple(None if left is None else max(0, left - 1) for left in requests_left),
+            tuple(None if left is None else max(0, left - ask.requests) for left in requests_left),
             tuple(None if left is None else max(0, left - ask.tokens) for left in tokens_left),
         )
 
     def _take(self, scope: LimitedScope, ask: Ask, current: dict[str, int]) -> None:
         limits, name = scope.limits, scope.name
         if limits.requests_per_minute is not None:
-            current[f"req:{name}"] = current.get(f"req:{name}", 0) + 1
+            current[f"req:{name}"] = current.get(f"req:{name}", 0) + ask.requests
         if limits.tokens_per_minute is not None:
             current[f"tok:{name}"] = current.get(f"tok:{name}", 0) + ask.tokens
         if limits.max_streams is not None:

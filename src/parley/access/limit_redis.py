@@ -68,7 +68,9 @@ end
 
 # KEYS: none (the keys depend on Redis's clock, read inside). ARGV: prefix; this instance's
 # settlements not yet sent (applied first); the number of asks, then each ask's tokens, stream id,
-# lease, day, seconds until the next day, month, seconds until the next month, scope count, and
+# lease, day, seconds until the next day, month, seconds until the next month, requests (1, or a
+# quota lease's), headroom (granted only if each limit has room for that many times the ask), scope
+# count, and
 # six per scope: name, requests/minute, tokens/minute, streams, daily tokens, monthly tokens (0: no
 # such limit). Asks are checked and taken one after another, as separate calls would be.
 # Returns, per ask: {refusal (0: granted), scope, retry ms, window, reset ms, then per scope:
@@ -97,13 +99,14 @@ local function reserve(first)
   local cost, stream, lease = tonumber(ARGV[first]), ARGV[first + 1], tonumber(ARGV[first + 2])
   local day, day_left = ARGV[first + 3], tonumber(ARGV[first + 4])
   local month, month_left = ARGV[first + 5], tonumber(ARGV[first + 6])
-  local scopes = tonumber(ARGV[first + 7])
-  first = first + 8
+  local requests, headroom = tonumber(ARGV[first + 7]), tonumber(ARGV[first + 8])
+  local scopes = tonumber(ARGV[first + 9])
+  first = first + 10
   local refusal, left = nil, {}
   for i = 0, scopes - 1 do
     local at = first + i * 6
     local name = ARGV[at]
-    local rates = {{'req:', tonumber(ARGV[at + 1]), 1, 1}, {'tok:', tonumber(ARGV[at + 2]), cost, 2}}
+    local rates = {{'req:', tonumber(ARGV[at + 1]), requests, 1}, {'tok:', tonumber(ARGV[at + 2]), cost, 2}}
     for _, rate in ipairs(rates) do
       local limit = rate[2]
       if limit > 0 then
@@ -111,7 +114,7 @@ local function reserve(first)
         local current = count(prefix .. rate[1] .. name .. ':' .. window)
         local used = previous * (1 - elapsed) + current
         table.insert(left, math.max(0, math.floor(limit - used)))
-        if not refusal and used + rate[3] > limit then
+        if not refusal and used + rate[3] * headroom > limit then
           refusal = {rate[4], i, wait_for(previous, current, limit, rate[3])}
         end
       else
@@ -130,7 +133,8 @@ local function reserve(first)
     }
     for _, budget in ipairs(budgets) do
       local limit = budget[2]
-      if not refusal and limit > 0 and count(prefix .. budget[1] .. name .. ':' .. budget[3]) + cost > limit then
+      local spent = count(prefix .. budget[1] .. name .. ':' .. budget[3])
+      if not refusal and limit > 0 and spent + cost * headroom > limit then
         if cost > budget[2] then refusal = {budget[5], i, -1} else refusal = {budget[5], i, budget[4]} end
       end
     end
@@ -144,9 +148,9 @@ local function reserve(first)
     local name = ARGV[at]
     if tonumber(ARGV[at + 1]) > 0 then
       local key = prefix .. 'req:' .. name .. ':' .. window
-      redis.call('INCR', key)
+      redis.call('INCRBY', key, requests)
       redis.call('EXPIRE', key, 120)
-      left[2 * i + 1] = math.max(0, left[2 * i + 1] - 1)
+      left[2 * i + 1] = math.max(0, left[2 * i + 1] - requests)
     end
     if tonumber(ARGV[at + 2]) > 0 then
       local key = prefix .. 'tok:' .. name .. ':' .. window
@@ -327,6 +331,8 @@ class RedisCounters:
             round(ask.until_next_day),
             ask.month,
             round(ask.until_next_month),
+            ask.requests,
+            ask.headroom,
             len(ask.scopes),
             *_scope_args(ask),
         ]

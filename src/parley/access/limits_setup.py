@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from parley.access.limit_counters import Counters, LocalCounters
+from parley.access.limit_leases import LeasedCounters
 from parley.access.limit_redis import RedisCounters
 from parley.access.limits import LimitGate, model_limits
 from parley.config import ConfigError, Settings
@@ -33,7 +34,7 @@ async def open_limit_gate(
         except (RedisError, OSError) as exc:
             await redis.aclose()
             raise ConfigError(f"redis_url: Redis can't be reached ({exc}); limits need it") from exc
-        counters = RedisCounters(redis, f"{settings.redis_prefix}:")
+        counters = LeasedCounters(RedisCounters(redis, f"{settings.redis_prefix}:"))
     else:
         counters = LocalCounters()
     return LimitGate(
