@@ -143,11 +143,16 @@ async def stream_surviving(
     try:
         turn = await start()
         try:
-            # (A client that leaves meanwhile doesn't stop the reply: the conversation's `active_run` names it.)
             await turn.run.wait_for_head(settings.stream_head_wait_seconds)
+            gone = await request.is_disconnected()
         except BaseException:
             await close_run(turn.run)
             raise
+        if gone:  # left before the stream began: it never learned the run, so nobody could resume it
+            await close_run(turn.run)
+            if claim is not None:
+                await hub.idempotency.release(claim)
+            return Response(status_code=204)
         encoder = LoggedChatEvents(ChatEvents(turn, settings.tools.client_result_chars))
         logged = await hub.begin(
             turn.run, encoder, owner=owner, conversation_id=turn.conversation_id, message_id=turn.message_id
