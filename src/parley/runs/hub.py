@@ -288,7 +288,7 @@ async def open_run_hub(
 ) -> RunHub:
     """The hub for this instance: logs in Redis Streams when there is a Redis, else in memory."""
     instance = new_instance_id()
-    local = MemoryRunLogs(keep_seconds)
+    local = MemoryRunLogs(keep_seconds, copy_of_shared=redis_url is not None)
     if redis_url is None:
         return RunHub(instance, local, Idempotency(MemoryIdempotencyStore(idempotency_seconds)))
     client = redis.Redis.from_url(redis_url, client_name=f"{prefix}:runs")

@@ -4,9 +4,11 @@ copy of a Redis-backed one (a reader on the run's own instance never goes to Red
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from array import array
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from typing import overload
 
 from parley.runs.records import LoggedEvent, RunRecord, RunReference, RunState
 
@@ -14,6 +16,7 @@ NamedBytes = tuple[bytes, bytes]  # an event's name and JSON payload; its seq is
 
 IDLE_SECONDS = 1.0  # a reader is handed an empty batch after this much silence (time for a ping)
 REFERENCES_KEPT = 10_000  # finished runs remembered (for a 410) after their events are dropped
+ENDED_KEPT = 5_000  # finished runs' events kept at most (the oldest are dropped first: a resume then gets 410)
 
 
 class EventBuffer:
@@ -21,7 +24,7 @@ class EventBuffer:
 
     def __init__(self, record: RunRecord) -> None:
         self.record = record
-        self.events: list[NamedBytes] = []  # the event with seq N is events[N - 1]
+        self.events: list[NamedBytes] | PackedEvents = []  # the event with seq N is events[N - 1]
         # Each waiting reader's own future and when it began waiting: resolved True by a change,
         # False once it has waited IDLE_SECONDS. One idle timer for them all, armed only while
         # someone waits and moved lazily (a timer per wait showed in a streamed request's profile).
@@ -29,8 +32,9 @@ class EventBuffer:
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def extend(self, events: Sequence[NamedBytes]) -> int:
-        """Add events after the others; the first one's seq."""
+        """Add events after the others (while the run runs); the first one's seq."""
         first = len(self.events) + 1
+        assert isinstance(self.events, list)
         self.events.extend(events)
         if self._waiters:
             self._wake()
@@ -42,6 +46,10 @@ class EventBuffer:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+    def pack(self) -> None:
+        """Keep the events of a run that ended compactly, for the time they are kept."""
+        self.events = PackedEvents(self.events)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -96,14 +104,21 @@ class EventBuffer:
 
 
 class MemoryRunLogs:
-    """Logs kept in memory, each for `keep_seconds` after its run ended."""
+    """Logs kept in memory, each for `keep_seconds` after its run ended (the newest `ENDED_KEPT` at
+    most: a busy server's memory is bounded by that, not by its rate times `keep_seconds`).
 
-    def __init__(self, keep_seconds: float) -> None:
+    As the local copy of logs kept in Redis (`copy_of_shared`), a log is dropped when its run
+    ends: Redis keeps it as long, and a later reader here reads it there."""
+
+    def __init__(self, keep_seconds: float, *, copy_of_shared: bool = False) -> None:
         self._keep_seconds = keep_seconds
+        self._copy_of_shared = copy_of_shared
         self._buffers: dict[str, EventBuffer] = {}
         self._active: dict[str, str] = {}  # conversation id -> its running run's id
         self._references: OrderedDict[str, RunReference] = OrderedDict()
-        self._expiries: set[asyncio.TimerHandle] = set()
+        # Ended runs, oldest first, with when each is dropped (the same keep for all: in order).
+        self._ended: deque[tuple[float, str]] = deque()
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     def begin(self, record: RunRecord) -> EventBuffer:
         buffer = EventBuffer(record)
@@ -119,16 +134,24 @@ class MemoryRunLogs:
         buffer.end(state)
         if self._active.get(buffer.record.conversation_id) == run_id:
             del self._active[buffer.record.conversation_id]
+        if self._copy_of_shared:
+            del self._buffers[run_id]  # (its readers here keep reading the buffer they have)
+            return
+        buffer.pack()
         loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle | None = None
+        self._ended.append((loop.time() + self._keep_seconds, run_id))
+        while len(self._ended) > ENDED_KEPT:
+            self._buffers.pop(self._ended.popleft()[1], None)
+        if self._sweep_timer is None:
+            self._sweep_timer = loop.call_at(self._ended[0][0], self._sweep)
 
-        def drop() -> None:
-            self._buffers.pop(run_id, None)
-            if handle is not None:
-                self._expiries.discard(handle)
-
-        handle = loop.call_later(self._keep_seconds, drop)
-        self._expiries.add(handle)
+    def _sweep(self) -> None:
+        """Drop the logs whose time is up; one timer, set for the next one."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._ended and self._ended[0][0] <= now:
+            self._buffers.pop(self._ended.popleft()[1], None)
+        self._sweep_timer = loop.call_at(self._ended[0][0], self._sweep) if self._ended else None
 
     def buffer(self, run_id: str) -> EventBuffer | None:
         return self._buffers.get(run_id)
@@ -144,6 +167,44 @@ class MemoryRunLogs:
         return self._active.get(conversation_id)
 
     def aclose(self) -> None:
-        for handle in self._expiries:
-            handle.cancel()
-        self._expiries.clear()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+
+
+class PackedEvents(Sequence[NamedBytes]):
+    """A finished run's events in one bytes object and one array of where each part ends: two
+    objects in all, where a list holds a tuple and two bytes objects an event."""
+
+    __slots__ = ("_blob", "_ends")
+
+    def __init__(self, events: Sequence[NamedBytes]) -> None:
+        ends = array("Q")
+        at = 0
+        for name, data in events:
+            at += len(name)
+            ends.append(at)
+            at += len(data)
+            ends.append(at)
+        self._blob = b"".join([part for event in events for part in event])
+        self._ends = ends
+
+    def __len__(self) -> int:
+        return len(self._ends) // 2
+
+    @overload
+    def __getitem__(self, index: int) -> NamedBytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[NamedBytes]: ...
+
+    def __getitem__(self, index: int | slice) -> NamedBytes | list[NamedBytes]:
+        if isinstance(index, slice):
+            return [self[at] for at in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start = self._ends[2 * index - 1] if index else 0
+        middle, end = self._ends[2 * index], self._ends[2 * index + 1]
+        return self._blob[start:middle], self._blob[middle:end]
