@@ -28,6 +28,7 @@ from parley.ids import unique_hex
 LEASE_SHARE = 32  # a lease takes at most 1/LEASE_SHARE of what is left
 MIN_LEASE_REQUESTS = 8  # fewer than this would be left: each request is reserved on its own
 MAX_LEASE_REQUESTS = 1024  # (what a lease may hold back from other instances until its window ends)
+MAX_SCOPE_SETS = 10_000  # sets of scopes remembered; beyond, those without a lease are forgotten
 
 
 @dataclass(slots=True)
@@ -83,6 +84,8 @@ class LeasedCounters:
             return await self._shared.reserve(ask)
         known = self._scopes.get(ask.scopes)
         if known is None:
+            if len(self._scopes) >= MAX_SCOPE_SETS:  # (keys come and go, and change their limits)
+                self._scopes = {scopes: kept for scopes, kept in self._scopes.items() if kept.lease or kept.leasing}
             known = self._scopes[ask.scopes] = _Scopes()
         loop = asyncio.get_running_loop()
         while True:

@@ -123,7 +123,8 @@ class RunHub:
     ) -> RunRecord:
         """Begin the run and drive it to its end in a task of its own (its readers read the log)."""
         logged = await self.begin(run, encoder, owner=owner, conversation_id=conversation_id, message_id=message_id)
-        asyncio.get_running_loop().create_task(self.drive(logged), name="run-driver")
+        task = asyncio.get_running_loop().create_task(self.drive(logged), name="run-driver")
+        self._drivers.add(task)  # (the loop keeps only a weak reference; drive() lets it go)
         return logged.record
 
     async def drive(self, logged: LoggedRun, sink: EventSink | None = None) -> None:
