@@ -28,6 +28,15 @@ def url(upstream: Upstream) -> Iterator[str]:
         yield base_url
 
 
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    # (a generous timeout: a server's first chat, on a machine busy with other tests, has taken over 5 s)
+    return httpx.post(url, timeout=30, **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, timeout=30, **kwargs)
+
+
 def completion(marker: str) -> bytes:
     return json.dumps({"model": "text", "messages": [{"role": "user", "content": marker}]}).encode()
 
@@ -49,17 +58,17 @@ def assert_refused(reply: httpx.Response, *, mentions: str) -> dict[str, Any]:
 
 
 def stored(url: str, conversation_id: str) -> bool:
-    reply = httpx.get(f"{url}/api/conversations/{conversation_id}")
+    reply = get(f"{url}/api/conversations/{conversation_id}")
     assert reply.status_code in (200, 404), reply.text
     return reply.status_code == 200
 
 
 def test_a_cross_site_completion_is_refused_before_any_generation(url: str, upstream: Upstream) -> None:
-    refused = httpx.post(
+    refused = post(
         f"{url}/v1/chat/completions", content=completion("from-evil"), headers={"origin": EVIL, **BODY_OF_TEXT}
     )
     assert_refused(refused, mentions=EVIL)
-    served = httpx.post(f"{url}/v1/chat/completions", content=completion("from-curl"), headers=BODY_OF_TEXT)
+    served = post(f"{url}/v1/chat/completions", content=completion("from-curl"), headers=BODY_OF_TEXT)
     assert served.status_code == 200, served.text
     upstream.find("from-curl")
     assert not [seen for seen in upstream.requests if "from-evil" in seen.last_user_text]
@@ -67,9 +76,7 @@ def test_a_cross_site_completion_is_refused_before_any_generation(url: str, upst
 
 def test_a_cross_site_chat_is_refused_and_nothing_is_stored(url: str) -> None:
     conversation_id = f"evil-{uuid.uuid4().hex}"
-    refused = httpx.post(
-        f"{url}/api/chat", content=chat_body(conversation_id), headers={"origin": EVIL, **BODY_OF_TEXT}
-    )
+    refused = post(f"{url}/api/chat", content=chat_body(conversation_id), headers={"origin": EVIL, **BODY_OF_TEXT})
     assert_refused(refused, mentions=EVIL)
     assert not stored(url, conversation_id)
 
@@ -85,19 +92,19 @@ def test_a_cross_site_chat_is_refused_and_nothing_is_stored(url: str) -> None:
 )
 def test_other_cross_site_forms_are_refused(url: str, headers: dict[str, str]) -> None:
     conversation_id = f"evil-{uuid.uuid4().hex}"
-    refused = httpx.post(f"{url}/api/chat", content=chat_body(conversation_id), headers={**headers, **BODY_OF_TEXT})
+    refused = post(f"{url}/api/chat", content=chat_body(conversation_id), headers={**headers, **BODY_OF_TEXT})
     assert_refused(refused, mentions=headers.get("origin", "cross-site"))
     assert not stored(url, conversation_id)
 
 
 def test_a_listed_origin_is_served_with_cors_headers(url: str) -> None:
     conversation_id = f"app-{uuid.uuid4().hex}"
-    reply = httpx.post(f"{url}/api/chat", content=chat_body(conversation_id), headers={"origin": ALLOWED})
+    reply = post(f"{url}/api/chat", content=chat_body(conversation_id), headers={"origin": ALLOWED})
     assert reply.status_code == 200, reply.text
     assert reply.headers["access-control-allow-origin"] == ALLOWED
     assert "x-request-id" in reply.headers["access-control-expose-headers"]
     assert stored(url, conversation_id)
-    completion_reply = httpx.post(f"{url}/v1/chat/completions", content=completion("app"), headers={"origin": ALLOWED})
+    completion_reply = post(f"{url}/v1/chat/completions", content=completion("app"), headers={"origin": ALLOWED})
     assert completion_reply.status_code == 200, completion_reply.text
     assert completion_reply.headers["access-control-allow-origin"] == ALLOWED
 
@@ -112,14 +119,14 @@ def test_a_listed_origin_is_served_with_cors_headers(url: str) -> None:
 )
 def test_a_page_served_by_parley_itself_is_served(url: str, same_origin: Any) -> None:
     conversation_id = f"same-{uuid.uuid4().hex}"
-    reply = httpx.post(f"{url}/api/chat", content=chat_body(conversation_id), headers=same_origin(url))
+    reply = post(f"{url}/api/chat", content=chat_body(conversation_id), headers=same_origin(url))
     assert reply.status_code == 200, reply.text
     assert "access-control-allow-origin" not in reply.headers
     assert stored(url, conversation_id)
 
 
 def test_a_link_from_another_site_still_opens_a_page(url: str) -> None:
-    reply = httpx.get(f"{url}/health", headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"})
+    reply = get(f"{url}/health", headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"})
     assert reply.status_code == 200, reply.text
 
 
@@ -163,7 +170,7 @@ def test_json_is_read_whatever_the_content_type_without_an_origin(
 
 
 def test_a_multipart_body_is_not_read_as_json(url: str) -> None:
-    reply = httpx.post(f"{url}/api/chat", files={"message": ("m.txt", b"hi")})
+    reply = post(f"{url}/api/chat", files={"message": ("m.txt", b"hi")})
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["code"] != "invalid_json"  # not parsed as JSON (document uploads will use it)
 
@@ -196,9 +203,9 @@ def test_a_listed_or_same_origin_websocket_is_accepted(url: str, origin: str) ->
 def test_without_cors_origins_only_same_origin_browsers_are_served() -> None:
     with running_parley(models=[{"name": "echo", "provider": "fake"}]) as base_url:
         conversation_id = f"evil-{uuid.uuid4().hex}"
-        refused = httpx.post(f"{base_url}/api/chat", content=chat_body(conversation_id), headers={"origin": EVIL})
+        refused = post(f"{base_url}/api/chat", content=chat_body(conversation_id), headers={"origin": EVIL})
         assert_refused(refused, mentions=EVIL)
         assert not stored(base_url, conversation_id)
-        same = httpx.post(f"{base_url}/api/chat", content=chat_body(conversation_id), headers={"origin": base_url})
+        same = post(f"{base_url}/api/chat", content=chat_body(conversation_id), headers={"origin": base_url})
         assert same.status_code == 200, same.text
         assert "access-control-allow-origin" not in same.headers
