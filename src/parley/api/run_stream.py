@@ -58,14 +58,16 @@ class LoggedChatEvents:
         return [self._named(ChatEvents.error(error))]
 
 
+_FRAME = b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n"  # (seq, name, JSON)
+
+
 def sse_frame(event: LoggedEvent) -> bytes:
-    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % event
+    return _FRAME % event
 
 
 def sse_frames(first_seq: int, events: list[NamedBytes]) -> bytes:
     """Events numbered from `first_seq`, as one write."""
-    frame = b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n"
-    return b"".join([frame % (seq, name, data) for seq, (name, data) in enumerate(events, first_seq)])
+    return b"".join([_FRAME % (seq, name, data) for seq, (name, data) in enumerate(events, first_seq)])
 
 
 def sse_error(error: ParleyError) -> bytes:

@@ -89,7 +89,6 @@ class RunSSEResponse(Response):
         self._ping_timer_handle: asyncio.TimerHandle | None = None
         self._gone = False  # the client left
         self._pending = b""  # written with the closing events: the reply's last batch
-        self._failure: ParleyError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -169,6 +168,7 @@ class SSEResponse(RunSSEResponse):
     def __init__(self, run: Run, wire: StreamFormat, ping_seconds: float) -> None:
         super().__init__(run, ping_seconds)
         self._wire = wire
+        self._failure: ParleyError | None = None
 
     def _ending(self) -> bytes:
         """The closing events, or the error that ended the run (or that kept its reply from being saved)."""
