@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from tests.support.agent_plans import BILLING_PROMPT, TRIAGE_PROMPT
 from tests.support.browser import chromium, page_for
@@ -266,6 +266,25 @@ def test_a_handoff_to_another_agent_is_shown(page: Page) -> None:
     reply.locator("details.steps summary").click()
     expect(reply.locator(".handoff")).to_have_text("Handed over from triage to billing")
     expect(reply.locator(".body")).to_have_text("Billing here: your invoice is paid.")
+
+
+def test_a_reply_sent_while_the_page_loads_stays_live(page: Page) -> None:
+    held: list[Route] = []  # the page's first look at the conversation list, answered late
+    page.route(
+        re.compile(r"/api/conversations\?limit="), lambda route: held.append(route) if not held else route.continue_()
+    )
+    page.goto("/")
+    page.locator("#agent option[value='triage']").wait_for(state="attached")
+    page.select_option("#agent", "triage")
+    reply = send(page, "my invoice question")
+    finished(reply)
+    held[0].continue_()  # the page is done loading only now
+    page.wait_for_load_state("networkidle")
+    reply.locator("details.steps summary").click()
+    expect(reply.locator(".handoff")).to_have_text(
+        "Handed over from triage to billing"
+    )  # (the live view: a stored one has no handoff line)
+    expect(page.locator(".message.assistant")).to_have_count(1)
 
 
 def test_rename_export_and_delete_a_conversation(page: Page) -> None:

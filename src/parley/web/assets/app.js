@@ -381,7 +381,8 @@ window.addEventListener("hashchange", fromHash);
 async function start() {
   try {
     await Promise.all([loadPickers(), refreshList()]);
-    fromHash();
+    // The page opens the conversation in its address, unless a reply was sent while it loaded.
+    if (!state.run && !state.conversationId) fromHash();
   } catch (error) {
     report(error);
   }
