@@ -11,6 +11,7 @@ from parley.access.invalidation import announce_change
 from parley.access.key_store import KeyStore
 from parley.access.startup import key_hasher
 from parley.config import Settings
+from parley.redis_connect import connect_redis
 from parley.store import create_engine, default_database_url, migrate
 
 T = TypeVar("T")
@@ -31,7 +32,7 @@ class KeyAdmin:
 
 async def with_key_store(settings: Settings, work: Callable[[Any, Settings], Awaitable[T]]) -> T:
     engine = create_engine(settings.database_url or default_database_url(settings.data_dir))
-    client = None if settings.redis_url is None else redis.Redis.from_url(settings.redis_url)
+    client = None if settings.redis_url is None else connect_redis(settings.redis_url)
     try:
         await migrate(engine)
         return await work(

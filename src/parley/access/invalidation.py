@@ -20,6 +20,8 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from parley.redis_connect import connect_redis
+
 log = logging.getLogger("parley.access")
 
 ACK_WAIT_SECONDS = 3.0
@@ -60,7 +62,7 @@ class KeyChangeListener:
 
     def __init__(self, redis_url: str, prefix: str, forget: Callable[[str | None], None]) -> None:
         # Named, so an operator (or a test) can tell the listener's connection apart in CLIENT LIST.
-        self._client = redis.Redis.from_url(redis_url, client_name=f"{prefix}:key-changes")
+        self._client = connect_redis(redis_url, client_name=f"{prefix}:key-changes")
         self._prefix = prefix
         self._forget = forget
         self._subscribed = asyncio.Event()

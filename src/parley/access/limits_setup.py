@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from parley.access.limit_counters import Counters, LocalCounters
@@ -12,6 +11,7 @@ from parley.access.limit_leases import LeasedCounters
 from parley.access.limit_redis import RedisCounters
 from parley.access.limits import LimitGate, model_limits
 from parley.config import ConfigError, Settings
+from parley.redis_connect import connect_redis
 
 
 def limits_may_apply(settings: Settings) -> bool:
@@ -28,7 +28,7 @@ async def open_limit_gate(
         return None
     counters: Counters
     if settings.redis_url is not None:
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect_redis(settings.redis_url)
         try:
             await redis.ping()
         except (RedisError, OSError) as exc:

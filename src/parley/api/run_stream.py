@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from parley.api.chat_events import ChatEvents, NamedEvent
-from parley.api.streaming import RunSSEResponse
+from parley.api.streaming import ClientWatch, RunSSEResponse
 from parley.errors import ParleyError, as_parley_error
 from parley.events import EventBatch, ReasoningDelta, TextDelta
 from parley.logs import current_request_id
@@ -143,8 +143,8 @@ class SurvivingSSEResponse(RunSSEResponse):
     readers follow the log. As on the direct path, a client that stops reading holds its run back
     once the socket's buffers are full (a reply seldom fills them)."""
 
-    def __init__(self, hub: RunHub, logged: LoggedRun, ping_seconds: float) -> None:
-        super().__init__(logged.run, ping_seconds)
+    def __init__(self, hub: RunHub, logged: LoggedRun, ping_seconds: float, watch: ClientWatch) -> None:
+        super().__init__(logged.run, ping_seconds, watch)
         self._hub = hub
         self._logged = logged
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -169,8 +169,12 @@ class SurvivingSSEResponse(RunSSEResponse):
     def _ending(self) -> bytes:
         return b""  # (the closing events, or the error, came through the sink)
 
-    def _bind_stop(self, reading: anyio.CancelScope) -> None:
-        pass  # the run's stop is the hub's (bound when it began): a cancel from any instance
+    async def _read_run(self, watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
+        """Drive the run to its end: its client leaving only stops the sending (and its stop is the
+        hub's, bound when it began: a cancel from any instance)."""
 
-    def _client_left(self, reading: anyio.CancelScope) -> None:
-        pass  # the run goes on
+        def left() -> None:
+            self._gone = True
+
+        watch.then(left)
+        await self._write_events(loop)

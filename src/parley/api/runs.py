@@ -17,7 +17,7 @@ from parley.api.chat_events import ChatEvents
 from parley.api.deps import RunHubDep
 from parley.api.input_limits import CheckedJSONRoute
 from parley.api.run_stream import LoggedChatEvents, LoggedSSEResponse, SurvivingSSEResponse
-from parley.api.streaming import close_run
+from parley.api.streaming import ClientWatch, close_run
 from parley.chat.turns import Turn
 from parley.config import Settings
 from parley.errors import InvalidRequest
@@ -140,15 +140,16 @@ async def stream_surviving(
             response = LoggedSSEResponse(hub.read(earlier, 0), settings.sse_ping_seconds)
             response.headers[IDEMPOTENT_REPLAY] = "true"
             return response
+    watch = ClientWatch(request.receive)  # (from now: a client that leaves before the stream begins)
+    handed_over = False
     try:
         turn = await start()
         try:
             await turn.run.wait_for_head(settings.stream_head_wait_seconds)
-            gone = await request.is_disconnected()
         except BaseException:
             await close_run(turn.run)
             raise
-        if gone:  # left before the stream began: it never learned the run, so nobody could resume it
+        if watch.gone:  # left before the stream began: it never learned the run, so nobody could resume it
             await close_run(turn.run)
             if claim is not None:
                 await hub.idempotency.release(claim)
@@ -157,17 +158,22 @@ async def stream_surviving(
         logged = await hub.begin(
             turn.run, encoder, owner=owner, conversation_id=turn.conversation_id, message_id=turn.message_id
         )
+        if claim is not None:
+            try:
+                await hub.idempotency.settle(claim, request_digest, turn.run.id)
+            except BaseException:
+                await hub.abandon(logged)
+                claim = None  # (settled or not, the run it named has ended)
+                raise
+        handed_over = True
+        return SurvivingSSEResponse(hub, logged, settings.sse_ping_seconds, watch)
     except BaseException:
         if claim is not None:
             await hub.idempotency.release(claim)
         raise
-    if claim is not None:
-        try:
-            await hub.idempotency.settle(claim, request_digest, turn.run.id)
-        except BaseException:
-            await hub.abandon(logged)
-            raise
-    return SurvivingSSEResponse(hub, logged, settings.sse_ping_seconds)
+    finally:
+        if not handed_over:
+            watch.stop()
 
 
 def digest_of(body: BaseModel) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -55,6 +56,34 @@ async def stream_run(settings: Settings, run: Run, wire: StreamFormat) -> SSERes
     return SSEResponse(run, wire, ping_seconds=settings.sse_ping_seconds)
 
 
+class ClientWatch:
+    """The one task that waits for a streaming request's client to leave (its `http.disconnect`),
+    from when its route begins watching (while it waits for a run's first event, say) to the end
+    of its response. Cheaper than asking Starlette's `Request.is_disconnected()` on the way, whose
+    cancelled receive showed in a streamed request's profile."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._then: Callable[[], None] | None = None
+        self._task = asyncio.get_running_loop().create_task(self._wait(receive), name="client-watch")
+
+    async def _wait(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._then is not None:
+            self._then()
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the client leaves (at once if it has left)."""
+        self._then = callback
+        if self.gone:
+            callback()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 class RunSSEResponse(Response):
     """A `text/event-stream` of a run's events: one write per batch of events, as they come.
 
@@ -74,7 +103,7 @@ class RunSSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, run: Run, ping_seconds: float) -> None:
+    def __init__(self, run: Run, ping_seconds: float, watch: ClientWatch | None = None) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers(
@@ -87,6 +116,7 @@ class RunSSEResponse(Response):
         self._writing = False
         self._pinging: asyncio.Task[None] | None = None
         self._ping_timer_handle: asyncio.TimerHandle | None = None
+        self._watch = watch  # (one the route began watching with, if it did)
         self._gone = False  # the client left
         self._pending = b""  # written with the closing events: the reply's last batch
 
@@ -96,24 +126,35 @@ class RunSSEResponse(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._last_sent = loop.time()
         self._ping_timer_handle = loop.call_later(self._ping_seconds, self._ping_timer, loop)
+        watch = self._watch or ClientWatch(receive)
+        try:
+            await self._read_run(watch, loop)
+        finally:
+            if self._ping_timer_handle is not None:
+                self._ping_timer_handle.cancel()
+            watch.stop()
+            if self._pinging is not None:
+                self._pinging.cancel()
+            if not self._run.closed:
+                await close_run(self._run)  # the reply is saved here, before its last events go out
+        if not self._gone:
+            await send({"type": "http.response.body", "body": self._pending + self._ending(), "more_body": False})
+
+    async def _read_run(self, watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
+        """Write the run's events until it ends; the OpenAI habit: a client that leaves cancels its reply."""
         # Cancelled through an anyio scope, not Task.cancel(): a second native cancel could cut short
         # the shielded close of the run (close_run) that follows. The client leaving cancels it,
         # and so does the run being ended from outside (the server stopping: stop_with).
         reading = anyio.CancelScope()
-        self._bind_stop(reading)
-        watcher = loop.create_task(self._watch_disconnect(receive, reading), name="sse-disconnect")
-        try:
-            with reading:
-                await self._write_events(loop)
-        finally:
-            if self._ping_timer_handle is not None:
-                self._ping_timer_handle.cancel()
-            watcher.cancel()
-            if self._pinging is not None:
-                self._pinging.cancel()
-            await close_run(self._run)  # the reply is saved here, before its last events go out
-        if not self._gone:
-            await send({"type": "http.response.body", "body": self._pending + self._ending(), "more_body": False})
+        self._run.bind_stop(reading.cancel)
+
+        def left() -> None:
+            self._gone = True
+            reading.cancel()
+
+        watch.then(left)
+        with reading:
+            await self._write_events(loop)
 
     async def _write_events(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write the run's events as they come, keeping back in `_pending` what ends the reply."""
@@ -122,10 +163,6 @@ class RunSSEResponse(Response):
     def _ending(self) -> bytes:
         """What the body's last write adds to `_pending`."""
         raise NotImplementedError
-
-    def _bind_stop(self, reading: anyio.CancelScope) -> None:
-        """How the run is ended from outside: by cancelling this response's reading of it."""
-        self._run.bind_stop(reading.cancel)
 
     async def _write(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         assert self._send is not None
@@ -150,16 +187,6 @@ class RunSSEResponse(Response):
 
     async def _ping(self, loop: asyncio.AbstractEventLoop) -> None:
         await self._write(f": ping - {datetime.now(UTC)}\r\n\r\n".encode(), loop)
-
-    async def _watch_disconnect(self, receive: Receive, reading: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        self._client_left(reading)
-
-    def _client_left(self, reading: anyio.CancelScope) -> None:
-        """The OpenAI habit: a client that leaves cancels its reply."""
-        reading.cancel()
 
 
 class SSEResponse(RunSSEResponse):

@@ -143,6 +143,11 @@ class Run:
         return batch if self._normalise is None else self._normalise(batch)
 
     @property
+    def closed(self) -> bool:
+        """`aclose` has been called (the model is stopped, or stopping, and the end callbacks run)."""
+        return self._closed
+
+    @property
     def head_ready(self) -> bool:
         """Iterating will give the first event (or end) at once, without waiting for the model."""
         return self._head is not None and self._head.done()

@@ -22,6 +22,7 @@ from parley.chat.run import Run
 from parley.errors import ParleyError, as_parley_error
 from parley.events import EventBatch, Finish
 from parley.ids import unique_hex
+from parley.redis_connect import connect_redis
 from parley.runs.cancel_bus import CancelBus
 from parley.runs.idempotency import Idempotency, MemoryIdempotencyStore, RedisIdempotencyStore
 from parley.runs.memory_log import EventBuffer, MemoryRunLogs, NamedBytes
@@ -292,7 +293,7 @@ async def open_run_hub(
     local = MemoryRunLogs(keep_seconds, copy_of_shared=redis_url is not None)
     if redis_url is None:
         return RunHub(instance, local, Idempotency(MemoryIdempotencyStore(idempotency_seconds)))
-    client = redis.Redis.from_url(redis_url, client_name=f"{prefix}:runs")
+    client = connect_redis(redis_url, client_name=f"{prefix}:runs")
     shared = RedisRunLogs(client, prefix, instance, keep_seconds, reference_seconds)
     idempotency = Idempotency(RedisIdempotencyStore(client, prefix, idempotency_seconds))
     hub = RunHub(instance, local, idempotency, shared, client, prefix)

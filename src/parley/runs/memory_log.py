@@ -8,6 +8,7 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from itertools import accumulate, chain
 from typing import overload
 
 from parley.runs.records import LoggedEvent, RunRecord, RunReference, RunState
@@ -179,15 +180,9 @@ class PackedEvents(Sequence[NamedBytes]):
     __slots__ = ("_blob", "_ends")
 
     def __init__(self, events: Sequence[NamedBytes]) -> None:
-        ends = array("Q")
-        at = 0
-        for name, data in events:
-            at += len(name)
-            ends.append(at)
-            at += len(data)
-            ends.append(at)
-        self._blob = b"".join([part for event in events for part in event])
-        self._ends = ends
+        parts = list(chain.from_iterable(events))  # name, data, name, data, ...
+        self._blob = b"".join(parts)
+        self._ends = array("Q", accumulate(map(len, parts)))
 
     def __len__(self) -> int:
         return len(self._ends) // 2
