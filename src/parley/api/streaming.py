@@ -65,7 +65,9 @@ class ClientWatch:
     def __init__(self, receive: Receive) -> None:
         self.gone = False
         self._then: Callable[[], None] | None = None
-        self._task = asyncio.get_running_loop().create_task(self._wait(receive), name="client-watch")
+        self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._wait(receive), name="client-watch"
+        )
 
     async def _wait(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -81,7 +83,13 @@ class ClientWatch:
             callback()
 
     def stop(self) -> None:
-        self._task.cancel()
+        # Dropped, not only cancelled: the task and the callback would otherwise hold this watch and
+        # its response (with its run) in reference cycles that only the garbage collector frees;
+        # a streamed request ran about 10% slower with them (bench/overhead.py).
+        self._then = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 class RunSSEResponse(Response):
