@@ -53,10 +53,14 @@ def url(upstream: Upstream, knowledge: WordOverlapKnowledge) -> Iterator[str]:
     models = [
         {"name": "text", "provider": "openai", "base_url": v1},
         {"name": "agent-search", "provider": "openai", "base_url": v1},
+        {"name": "agent-desk", "provider": "openai", "base_url": v1},
         # A small context, counted by the remote estimate (4 characters a token), for fitting.
         {"name": "small", "provider": "openai", "base_url": v1, "model": "text", "context_size": 300},
     ]
-    agents = [{"name": "librarian", "model": "agent-search", "collections": ["geo"]}]
+    agents = [
+        {"name": "librarian", "model": "agent-search", "collections": ["geo"]},
+        {"name": "desk", "model": "agent-desk", "handoffs": ["librarian"]},
+    ]
     knowledge_settings = {"context_share": 0.9}
     with running_parley(
         models=models, agents=agents, knowledge_base=knowledge, knowledge=knowledge_settings
@@ -198,6 +202,33 @@ def test_agent_with_collections_cites_and_searches(url: str, upstream: Upstream)
     assert results and results[0]["name"] == "search_knowledge"
     assert results[0]["output"].startswith("[1] Glaciers")
     text = "".join(payload["text"] for name, payload in events if name == "text_delta")
+    assert "Per the passages: [1] Glaciers" in text
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1"])
+def test_an_agent_handed_the_conversation_searches_its_own_collections(url: str, path: str) -> None:
+    if path == "/api/chat":
+        events = sse(url, {"message": "glacier in the Alps", "agent": "desk"})
+        handoffs = [payload["to_agent"] for name, payload in events if name == "agent_handoff"]
+        results = [(payload["name"], payload["output"]) for name, payload in events if name == "tool_result"]
+        text = "".join(payload["text"] for name, payload in events if name == "text_delta")
+    else:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        chunks = list(
+            client.chat.completions.create(
+                model="agent:desk",
+                messages=[{"role": "user", "content": "glacier in the Alps"}],
+                stream=True,
+                extra_body={"parley_steps": True},
+            )
+        )
+        steps = [chunk.model_extra["parley"] for chunk in chunks if chunk.model_extra and "parley" in chunk.model_extra]
+        handoffs = [step["to_agent"] for step in steps if step["type"] == "agent_handoff"]
+        results = [(step["name"], step["output"]) for step in steps if step["type"] == "tool_result"]
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert handoffs == ["librarian"]
+    assert [name for name, _ in results] == ["transfer_to_librarian", "search_knowledge"]
+    assert results[1][1].startswith("[1] Glaciers"), "the librarian searched its own collection"
     assert "Per the passages: [1] Glaciers" in text
 
 

@@ -116,12 +116,21 @@ async def _echo(answer: Answer, body: dict[str, Any]) -> None:
 
 
 async def _search(answer: Answer, body: dict[str, Any]) -> None:
-    results = _results(body)
-    if not results:
-        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
-        await _calls(answer, [("search_knowledge", json.dumps({"query": users[-1]["content"]}))])
+    """Searches once a turn when it is offered `search_knowledge` (after a handoff too), then cites."""
+    messages = body.get("messages", [])
+    newest_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    searched = any("search_knowledge" in str(m.get("tool_call_id")) for m in messages[newest_user + 1 :])
+    if not searched and "search_knowledge" in _tool_names(body):
+        await _calls(answer, [("search_knowledge", json.dumps({"query": messages[newest_user]["content"]}))])
     else:
-        await _text(answer, f"Per the passages: {results[-1].splitlines()[0]}")
+        await _text(answer, f"Per the passages: {_results(body)[-1].splitlines()[0]}")
+
+
+async def _desk(answer: Answer, body: dict[str, Any]) -> None:
+    if not _results(body):
+        await _calls(answer, [("transfer_to_librarian", "{}")])
+    else:
+        await _text(answer, "the desk should not answer after a handoff")
 
 
 PLANS: dict[str, Callable[[Answer, dict[str, Any]], Awaitable[None]]] = {
@@ -134,4 +143,5 @@ PLANS: dict[str, Callable[[Answer, dict[str, Any]], Awaitable[None]]] = {
     "agent-cut": _cut,
     "agent-echo": _echo,
     "agent-search": _search,
+    "agent-desk": _desk,
 }

@@ -27,7 +27,6 @@ from parley.config import DEFAULT_AGENT, AgentConfig
 from parley.events import Sources
 from parley.models.base import ChatRequest
 from parley.models.registry import ModelState
-from parley.tools.base import Tool
 
 router = APIRouter(prefix="/v1", tags=["OpenAI API"])
 
@@ -75,8 +74,9 @@ class ChatCompletionsRoute:
         if body.user is not None and principal.end_user is None:
             principal = with_end_user(principal, end_user_of(body.user))
         model, agent = agent_model(body.model)
-        request, sources, search = await _grounded(state, body, agent, principal)
-        run = await state.chat.start(request, model=model, agent=agent, principal=principal, knowledge=search)
+        request, sources = await _grounded(state, body, agent, principal)
+        knowledge = state.grounding.search_tools(principal.owner)
+        run = await state.chat.start(request, model=model, agent=agent, principal=principal, knowledge=knowledge)
         run.sources = sources
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -87,21 +87,20 @@ class ChatCompletionsRoute:
 
 async def _grounded(
     state: Any, body: ChatCompletionBody, agent: str | None, principal: Principal
-) -> tuple[ChatRequest, Sources | None, Tool | None]:
+) -> tuple[ChatRequest, Sources | None]:
     """The request with the passages of its collections (`parley_collections`, and its agent's) in
-    its prompt; the sources it cites; the agent's `search_knowledge` tool."""
+    its prompt; the sources it cites."""
     request = body.to_request()
     grounding: Grounding = state.grounding
     agent_config = state.chat.agent(agent) if agent is not None else None
-    search = grounding.search_tool(agent_config, principal.owner)
     searched = grounding.collections_for(body.parley_collections, agent_config)
     if not searched:
-        return request, None, search
+        return request, None
     users = [index for index, message in enumerate(request.messages) if message.role == "user"]
     message = request.messages[users[-1]].text() if users else ""
     query = retrieval_query(message, request.messages[: users[-1]] if users else [])
     sources = await grounding.retrieve(query, searched, principal.owner)
-    return replace(request, messages=Grounding.ground(request.messages, sources)), sources, search
+    return replace(request, messages=Grounding.ground(request.messages, sources)), sources
 
 
 def agent_model(model: str) -> tuple[str | None, str | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from parley.config import AgentConfig
@@ -11,6 +11,10 @@ from parley.tools.base import NO_ARGUMENTS, Tool, ToolSpec
 from parley.tools.registry import ToolRegistry
 
 HANDOFF_PREFIX = "transfer_to_"
+
+KnowledgeTools = Callable[[AgentConfig], Tool | None]
+"""An agent's `search_knowledge` tool for one caller (None: it has nothing to search): made for
+the agent a run begins with, and again for each agent the run is handed over to."""
 
 
 class Handoff(Tool):

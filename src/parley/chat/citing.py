@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from parley.chat.agents import KnowledgeTools
 from parley.chat.context import FittedHistory, fit_to_context, reply_reserve
 from parley.config import AgentConfig
 from parley.errors import InvalidRequest
@@ -135,11 +136,16 @@ class Grounding:
             sources = without_lowest(sources)
         return sources
 
-    def search_tool(self, agent: AgentConfig | None, owner: str | None) -> Tool | None:
-        """`search_knowledge` over the agent's collections, for this caller (None: nothing to search)."""
-        if agent is None or not agent.collections or self.knowledge is None:
-            return None
-        return SearchKnowledge(self.knowledge, agent.collections, owner)
+    def search_tools(self, owner: str | None) -> KnowledgeTools:
+        """`search_knowledge` over an agent's collections, for this caller (None: nothing to search)."""
+        knowledge = self.knowledge
+
+        def search_tool(agent: AgentConfig) -> Tool | None:
+            if not agent.collections or knowledge is None:
+                return None
+            return SearchKnowledge(knowledge, agent.collections, owner)
+
+        return search_tool
 
     @staticmethod
     def ground(messages: list[ChatMessage], sources: Sources | None) -> list[ChatMessage]:

@@ -10,13 +10,12 @@ from parley.access.allow_lists import check_agent
 from parley.access.principal import OPEN, Principal
 from parley.chat.admission import NOTHING_ADMITTED, Admitted, Gate, admit_all
 from parley.chat.agent_loop import AgentLoop
-from parley.chat.agents import Agent, apply_action
+from parley.chat.agents import Agent, KnowledgeTools, apply_action
 from parley.chat.run import Run
 from parley.config import AgentConfig, SamplingDefaults
 from parley.errors import InvalidRequest
 from parley.models.base import ChatMessage, ChatRequest
 from parley.models.registry import ModelEntry, ModelRegistry
-from parley.tools.base import Tool
 from parley.tools.config import ToolSettings
 from parley.tools.registry import ToolRegistry
 
@@ -72,7 +71,7 @@ class ChatService:
         model: str | None = None,
         agent: str | None = None,
         principal: Principal = OPEN,
-        knowledge: Tool | None = None,
+        knowledge: KnowledgeTools | None = None,
     ) -> Run:
         """Check and admit the request, and begin generating; nothing runs until iterated."""
         entry, agent_config = self.resolve(model, agent, principal)
@@ -98,19 +97,24 @@ class ChatService:
         request: ChatRequest,
         admitted: Admitted = NOTHING_ADMITTED,
         agent: AgentConfig | None = None,
-        knowledge: Tool | None = None,
+        knowledge: KnowledgeTools | None = None,
     ) -> Run:
-        """Begin an admitted generation: one model call, or an agent's steps. `knowledge`: the
-        agent's `search_knowledge` tool, given to it when its model calls tools."""
+        """Begin an admitted generation: one model call, or an agent's steps. `knowledge`: each
+        agent's `search_knowledge` tool, given to it (and to an agent it hands over to) when its
+        model calls tools."""
         request = with_defaults(request, agent.defaults if agent is not None else None, entry.config.defaults)
-        extra = [knowledge] if knowledge is not None and entry.model.supports_tools else []
-        resolved = Agent.resolve(agent, self._tools, self._agents, extra) if agent is not None else None
+
+        def resolve(config: AgentConfig, model: ModelEntry) -> Agent:
+            search = knowledge(config) if knowledge is not None and model.model.supports_tools else None
+            return Agent.resolve(config, self._tools, self._agents, [] if search is None else [search])
+
+        resolved = resolve(agent, entry) if agent is not None else None
         if resolved is not None and resolved.uses_tools:
             loop = AgentLoop(
                 resolved,
                 request,
                 lambda step_agent: entry if step_agent is resolved else self._registry.get(step_agent.config.model),
-                lambda name: Agent.resolve(self.agent(name), self._tools, self._agents),
+                lambda name: resolve(self.agent(name), self._registry.get(self.agent(name).model)),
                 model_result_chars=self._model_result_chars,
             )
             run = Run(entry.config.name, loop.batches())

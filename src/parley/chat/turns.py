@@ -103,7 +103,7 @@ class ConversationChat:
             ChatRequest(messages=fitted.messages, params=params),
             admitted,
             agent_config,
-            knowledge=grounding.search_tool(agent_config, owner),
+            knowledge=grounding.search_tools(owner),
         )
         run.sources = sources
         store_reasoning = entry.config.store_reasoning
