@@ -97,16 +97,8 @@ class LoggedSSEResponse(Response):
         loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         reading = anyio.CancelScope()
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            reading.cancel()
-
-        watcher = loop.create_task(watch(), name="sse-disconnect")
+        watch = ClientWatch(receive)
+        watch.then(reading.cancel)
         tail = b""
         last_sent = loop.time()
         try:
@@ -126,11 +118,11 @@ class LoggedSSEResponse(Response):
                         log.exception("%s reading a run's events failed", current_request_id())
                     tail = sse_error(as_parley_error(exc))
         finally:
-            watcher.cancel()
+            watch.stop()
             if isinstance(self._events, AsyncGenerator):
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await self._events.aclose()
-        if not gone:
+        if not watch.gone:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

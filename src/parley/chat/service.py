@@ -108,13 +108,17 @@ class ChatService:
             search = knowledge(config) if knowledge is not None and model.model.supports_tools else None
             return Agent.resolve(config, self._tools, self._agents, [] if search is None else [search])
 
+        def handed_over_to(name: str) -> Agent:
+            config = self.agent(name)
+            return resolve(config, self._registry.get(config.model))
+
         resolved = resolve(agent, entry) if agent is not None else None
         if resolved is not None and resolved.uses_tools:
             loop = AgentLoop(
                 resolved,
                 request,
                 lambda step_agent: entry if step_agent is resolved else self._registry.get(step_agent.config.model),
-                lambda name: resolve(self.agent(name), self._registry.get(self.agent(name).model)),
+                handed_over_to,
                 model_result_chars=self._model_result_chars,
             )
             run = Run(entry.config.name, loop.batches())
